@@ -80,7 +80,7 @@ class EmulatedLogger:
             self._log()
 
     def _log(self) -> None:
-        names = {f"$store${k}": v for k, v in self.store.items()}
+        names = {f"$store$_{k}": v for k, v in self.store.items()}
         names["add_count"] = self.add_count
         names["invalid_range"] = self.invalid_range
         for name, array in names.items():
@@ -145,13 +145,17 @@ def recoverable_episodes(run: LoggedRun, ckpts: set[int] | None = None) -> list[
 
     An episode is recoverable when all its rows, and the add index just before its padding (the previous
     episode's terminal, or the very start of the run), lie in one contiguous range of add indices held by
-    the selected logged files. (After a gap, the converter cannot tell where an episode starts until it
+    the selected logged files. Rows a file holds that an earlier file already held (the stale rows of the
+    final file) do not count: the store takes no stale duplicates. (After a gap, the converter cannot tell where an episode starts until it
     sees a terminal.)
     """
     held: set[int] = set()
+    newest = -1  # newest add index held by any earlier file: older rows of a file are stale copies
     for f in run.files:
+        fresh = [int(a) for a in f["row_adds"] if a > newest]
         if ckpts is None or f["ckpt"] in ckpts:
-            held.update(int(a) for a in f["row_adds"] if a >= 0)
+            held.update(fresh)
+        newest = max([newest, *fresh])
     # add indices of each episode
     first_add: dict[int, int] = {}
     last_add: dict[int, int] = {}

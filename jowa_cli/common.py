@@ -1,0 +1,48 @@
+"""Shared CLI plumbing: error handling with meaningful exit codes, JSON output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import typer
+
+# Exit codes: 0 success, 1 unexpected failure, 2 bad input (usage, files, options), 130 interrupted.
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn expected failures into one-line messages and exit codes instead of tracebacks."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            print("interrupted; run the same command again to resume", file=sys.stderr)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+
+    return wrapper
+
+
+def emit_json(obj: Any, path: str | None) -> None:
+    """Write ``obj`` as JSON to ``path`` ('-' for stdout); nothing when ``path`` is None."""
+    if path is None:
+        return
+    text = json.dumps(obj, indent=2, default=str)
+    if path == "-":
+        print(text)
+    else:
+        with open(path, "w") as f:
+            f.write(text + "\n")

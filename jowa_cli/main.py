@@ -1,0 +1,22 @@
+"""The `jowa` command line. Commands are thin: parse options, call one jowa_core function, print."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="jowa",
+    help="JOWA toolkit: DQN-Replay data, world-action model pretraining, planning and evaluation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+from jowa_cli import bench_cmd, collect_cmd, data_cmd  # noqa: E402  (commands register themselves on `app`)
+
+app.command("prepare-data", help=data_cmd.prepare_data.__doc__.splitlines()[0])(data_cmd.prepare_data)
+app.command("collect", help=collect_cmd.collect.__doc__.splitlines()[0])(collect_cmd.collect)
+app.add_typer(bench_cmd.app, name="bench", help="Benchmarks: data conversion and loading throughput.")
+
+if __name__ == "__main__":
+    app()
