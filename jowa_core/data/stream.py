@@ -211,7 +211,7 @@ def select_episodes(
     fraction: float | None = None,
     max_transitions: int | None = None,
     replacement: bool = False,
-    seed: int = 0,
+    seed: int | list[int] = 0,
 ) -> Selection:
     """Choose whole episodes (candidates in chronological order, lengths (E,)).
 

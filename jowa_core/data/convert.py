@@ -1,0 +1,559 @@
+"""`prepare-data`: DQN-Replay / Dopamine logs → one Zarr store per game (see store.py for the contract).
+
+Per game the work is planned from the small arrays only (add counts, terminals, actions, rewards):
+reconstruct the chronological stream (stream.py), find complete episodes, choose the subset, and map every
+kept row of every observation file to its row in the store. Then each observation file is streamed once by
+a worker, which writes the store's frame shards that only it contributes to and leaves the frames of shards
+shared with a neighbouring file in small edge files that the parent merges at the end.
+
+Atomic and resumable: a store is built in ``.<Game>.zarr.partial`` with bookkeeping in ``.<Game>.zarr.jobs``
+(plan fingerprint, one marker per finished file) and renamed to ``<Game>.zarr`` only when complete. A rerun
+with the same options resumes; a finished store is left alone unless ``overwrite``; bad input removes the
+partial build and raises a one-line error naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import defaultdict
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jowa_core import games
+from jowa_core.data import store as st
+from jowa_core.data.dopamine import Checkpoint, Source, SourceError, iter_frames, load_checkpoint
+from jowa_core.data.stream import Cover, StreamError, contiguous_blocks, file_covers, find_episodes, select_episodes
+from jowa_core.progress import NullReporter, Reporter
+
+SPLITS = ("all", "first20", "last20")
+BLOCK_ROWS = 4096
+
+
+@dataclass
+class PrepareOptions:
+    source: str
+    out: str
+    games: list[str]
+    runs: list[int] | None = None  # None: every run found
+    checkpoints: tuple[int, int] | None = None  # inclusive range of checkpoint numbers; None: all
+    split: str = "all"  # all | first20 | last20 of the selected checkpoints
+    subsample: float | None = None  # fraction of transitions, drawn as whole episodes
+    replacement: bool = False  # draw episodes with replacement (the official code's sampler)
+    max_transitions: int | None = None
+    seed: int = 0
+    workers: int = 1
+    overwrite: bool = False
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("out", "workers", "overwrite", "games"):
+            d.pop(k)
+        return d
+
+
+@dataclass
+class FileJob:
+    """One observation file to stream: which of its rows go where in the store."""
+
+    job_id: str
+    fs: Any
+    obs_path: str
+    pieces: np.ndarray  # (P, 3) int64: [row_start, row_end, store_row_start], sorted by row_start
+    partial: str  # the store being built
+    jobs_dir: str
+    n_steps: int
+    owned: frozenset[int]  # shards only this job writes to
+
+
+@dataclass
+class GamePlan:
+    game: str
+    n_steps: int
+    action: np.ndarray
+    reward: np.ndarray
+    terminal: np.ndarray
+    episode_start: np.ndarray
+    episode_length: np.ndarray
+    jobs: list[FileJob]
+    shared: dict[int, list[str]]  # shard -> contributing job ids (shards written from edge files)
+    provenance: dict[str, Any]
+    fingerprint: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def parse_range(text: str | None) -> tuple[int, int] | None:
+    """'1-50' → (1, 50); '7' → (7, 7); None/'' → None."""
+    if not text:
+        return None
+    try:
+        lo, _, hi = text.partition("-")
+        a, b = int(lo), int(hi or lo)
+    except ValueError as e:
+        raise ValueError(f"bad checkpoint range {text!r}; expected N or N-M, e.g. 1-50") from e
+    if a > b or a < 0:
+        raise ValueError(f"bad checkpoint range {text!r}: start must be ≤ end and ≥ 0")
+    return a, b
+
+
+def parse_int_list(text: str | None) -> list[int] | None:
+    """'1,2' or '1-3' or '1,4-5' → sorted unique ints; None/'' → None."""
+    if not text:
+        return None
+    out: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        r = parse_range(part)
+        assert r is not None
+        out.update(range(r[0], r[1] + 1))
+    return sorted(out)
+
+
+def split_checkpoints(ckpts: list[int], split: str) -> list[int]:
+    """The paper's subsets: first/last 20% of a run's checkpoints (at least one)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if split == "all" or not ckpts:
+        return ckpts
+    k = max(1, round(0.2 * len(ckpts)))
+    return ckpts[:k] if split == "first20" else ckpts[-k:]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Planning
+
+
+def plan_game(source: Source, game: str, opts: PrepareOptions, out_root: Path, warn) -> GamePlan:
+    info = games.get(game)
+    available = source.runs(game)
+    runs = opts.runs if opts.runs is not None else available
+    for r in runs:
+        if r not in available:
+            raise SourceError(f"{source.game_dir(game)}/{r}/replay_logs: no such run (found runs: {available})")
+    if not runs:
+        raise SourceError(f"{source.game_dir(game)}: no runs (<run>/replay_logs/) found")
+
+    candidates: list[tuple[int, int, int]] = []  # (run, first add, end add)
+    run_covers: dict[int, dict[int, Cover]] = {}
+    files_meta: list[dict[str, Any]] = []
+    ckpt_files: dict[tuple[int, int], Checkpoint] = {}
+    stats = defaultdict(int)
+    for run in runs:
+        label = f"{game} run {run}: "
+        all_ckpts = source.checkpoints(game, run)
+        nums = sorted(all_ckpts)
+        if opts.checkpoints is not None:
+            nums = [n for n in nums if opts.checkpoints[0] <= n <= opts.checkpoints[1]]
+        selected = split_checkpoints(nums, opts.split)
+        if not selected:
+            continue
+        arrays = {n: load_checkpoint(source.fs, all_ckpts[n]) for n in selected}
+        capacities = {a.capacity for a in arrays.values()}
+        if len(capacities) != 1:
+            raise SourceError(f"{label}checkpoints have different capacities {sorted(capacities)}")
+        C = capacities.pop()
+        add_counts = {n: (arrays[n].add_count if n in arrays else _add_count(source, all_ckpts[n])) for n in all_ckpts}
+
+        def row_values(n: int, _all=all_ckpts, _arrays=arrays) -> tuple[np.ndarray, np.ndarray]:
+            a = _arrays.get(n) or load_checkpoint(source.fs, _all[n])
+            if a.capacity != C:
+                raise SourceError(f"{_all[n].path('terminal')}: capacity {a.capacity}, other checkpoints {C}")
+            return a.terminal.astype(bool), (a.action == 0) & (a.reward == 0) & (a.terminal == 0)
+
+        def stale_match(prev: int, final: int, r0: int, r1: int) -> bool:
+            (tp, zp), (tf, zf) = row_values(prev), row_values(final)
+            return bool(np.array_equal(tp[r0:r1], tf[r0:r1]) and np.array_equal(zp[r0:r1], zf[r0:r1]))
+
+        covers = file_covers(add_counts, C, stale_match, warn=warn, label=label)
+        run_covers[run] = {n: covers[n] for n in selected}
+        for block in contiguous_blocks([covers[n] for n in selected]):
+            term = np.concatenate([c.chrono(arrays[c.ckpt].terminal.astype(bool)) for c in block.covers])
+            zero = np.concatenate([c.chrono(row_values(c.ckpt)[1]) for c in block.covers])
+            found = find_episodes(block.start, term, zero, label=label)
+            stats["rows_skipped_after_gaps"] += found.skipped_head
+            stats["rows_in_unfinished_episodes"] += found.dropped_tail
+            candidates.extend((run, int(s), int(e)) for s, e in zip(found.starts, found.ends, strict=True))
+        for n in selected:
+            ck = all_ckpts[n]
+            ckpt_files[(run, n)] = ck
+            files_meta.append({
+                "run": run, "ckpt": n, "add_count": add_counts[n], "capacity": C,
+                "holds_adds": [covers[n].start, covers[n].end],
+                "files": {m: {"name": p.rsplit("/", 1)[-1], "size": ck.sizes[m]} for m, p in ck.paths.items()},
+            })
+        del arrays
+    if not candidates:
+        what = "no checkpoints selected" if not files_meta else "no complete episode in the selected checkpoints"
+        raise SourceError(f"{source.game_dir(game)}: empty selection ({what}; runs {runs}, "
+                          f"checkpoints {opts.checkpoints or 'all'}, split {opts.split})")
+
+    lengths = np.array([e - s for _, s, e in candidates], dtype=np.int64)
+    sel = select_episodes(lengths, opts.subsample, opts.max_transitions, opts.replacement,
+                          seed=[opts.seed, info.task_id])
+    kept = sel.lengths
+    episode_start = np.concatenate([[0], np.cumsum(kept)[:-1]]).astype(np.int64)
+    n_steps = int(kept.sum())
+
+    # map every kept add index to (checkpoint, row) → store row, as contiguous pieces per file
+    pieces: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)
+    for k, cand in enumerate(sel.order.tolist()):
+        run, a0, _ = candidates[cand]
+        a1 = a0 + int(kept[k])
+        dest = int(episode_start[k])
+        for cover in sorted(run_covers[run].values(), key=lambda c: c.start):
+            lo, hi = max(a0, cover.start), min(a1, cover.end)
+            if lo >= hi:
+                continue
+            d = dest + (lo - a0)
+            for r0, r1 in cover.rows(lo, hi):
+                pieces[(run, cover.ckpt)].append((r0, r1, d))
+                d += r1 - r0
+
+    action = np.zeros(n_steps, np.int16)
+    reward = np.zeros(n_steps, np.float32)
+    terminal = np.zeros(n_steps, bool)
+    full_len = lengths[sel.order]
+    ends = episode_start + kept - 1
+    terminal[ends[kept == full_len]] = True
+    for (run, n), plist in pieces.items():
+        ck = ckpt_files[(run, n)]
+        a = load_checkpoint(source.fs, ck)
+        for r0, r1, d in plist:
+            raw = a.action[r0:r1]
+            if raw.size and (raw.min() < 0 or raw.max() >= info.num_actions):
+                bad = int(np.flatnonzero((raw < 0) | (raw >= info.num_actions))[0]) + r0
+                raise SourceError(f"{ck.path('action')}: action {int(a.action[bad])} at row {bad} is outside "
+                                  f"{info.name}'s {info.num_actions}-action minimal set")
+            action[d : d + r1 - r0] = info.to_full(raw)
+            reward[d : d + r1 - r0] = a.reward[r0:r1]
+
+    jobs, shared = _make_jobs(source, ckpt_files, pieces, n_steps, out_root, game)
+    provenance = {
+        "source": source.url,
+        "options": opts.fingerprint_fields(),
+        "files": files_meta,
+        "episodes_found": len(candidates),
+        "steps_found": int(lengths.sum()),
+        "episodes_kept": int(kept.shape[0]),
+        "unique_episodes_kept": int(np.unique(sel.order).shape[0]),
+        "steps_kept": n_steps,
+        "truncated_episodes": int((kept < full_len).sum()),
+        **stats,
+    }
+    fp_src = json.dumps({"options": opts.fingerprint_fields(), "files": files_meta, "game": info.name,
+                         "format": st.FORMAT_VERSION, "shards": [st.OBS_CHUNK_FRAMES, st.OBS_SHARD_FRAMES]},
+                        sort_keys=True)
+    return GamePlan(
+        game=info.name, n_steps=n_steps, action=action, reward=reward, terminal=terminal,
+        episode_start=episode_start, episode_length=kept.astype(np.int64), jobs=jobs, shared=shared,
+        provenance=provenance, fingerprint=hashlib.sha256(fp_src.encode()).hexdigest()[:16],
+    )
+
+
+def _add_count(source: Source, ck: Checkpoint) -> int:
+    from jowa_core.data.dopamine import load_array
+
+    a = load_array(source.fs, ck.path("add_count"))
+    if a.shape not in ((), (1,)) or a.dtype.kind not in "iu":
+        raise SourceError(f"{ck.path('add_count')}: expected a scalar integer, got {a.shape} {a.dtype}")
+    return int(a.reshape(()))
+
+
+def _shard_spans(d0: int, d1: int):
+    """(shard, local_start, local_stop, offset) spans of store rows [d0, d1)."""
+    S = st.OBS_SHARD_FRAMES
+    d = d0
+    while d < d1:
+        s, lo = divmod(d, S)
+        n = min(d1 - d, S - lo)
+        yield s, lo, lo + n, d - d0
+        d += n
+
+
+def _make_jobs(source, ckpt_files, pieces, n_steps, out_root, game) -> tuple[list[FileJob], dict[int, list[str]]]:
+    contributors: dict[int, set[str]] = defaultdict(set)
+    arrays: dict[str, np.ndarray] = {}
+    for (run, n), plist in pieces.items():
+        job_id = f"r{run}c{n}"
+        arr = np.array(sorted(plist), dtype=np.int64).reshape(-1, 3)
+        arrays[job_id] = arr
+        for r0, r1, d in arr.tolist():
+            for s, *_ in _shard_spans(d, d + r1 - r0):
+                contributors[s].add(job_id)
+    shared = {s: sorted(j) for s, j in contributors.items() if len(j) > 1}
+    owned: dict[str, set[int]] = defaultdict(set)
+    for s, j in contributors.items():
+        if len(j) == 1:
+            owned[next(iter(j))].add(s)
+    jobs = []
+    for (run, n), _ in sorted(pieces.items()):
+        job_id = f"r{run}c{n}"
+        ck = ckpt_files[(run, n)]
+        jobs.append(FileJob(
+            job_id=job_id, fs=source.fs, obs_path=ck.path("observation"), pieces=arrays[job_id],
+            partial=str(st.partial_path(out_root, game)), jobs_dir=str(jobs_path(out_root, game)),
+            n_steps=n_steps, owned=frozenset(owned[job_id]),
+        ))
+    return jobs, shared
+
+
+def jobs_path(root: Path, game: str) -> Path:
+    return Path(root) / f".{game}.zarr.jobs"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Streaming one observation file (runs in worker processes)
+
+_progress_queue = None
+
+
+def _init_worker(queue) -> None:
+    global _progress_queue
+    _progress_queue = queue
+
+
+def _shard_rows(shard: int, n_steps: int) -> int:
+    return min(st.OBS_SHARD_FRAMES, n_steps - shard * st.OBS_SHARD_FRAMES)
+
+
+def convert_file(job: FileJob, progress=None) -> dict[str, Any]:
+    """Stream one observation file into the store's shards (owned) and edge files (shared)."""
+    t0 = time.time()
+    obs_dir = Path(job.partial) / "obs"
+    edges = Path(job.jobs_dir) / "edges"
+    expected: dict[int, int] = defaultdict(int)
+    for r0, r1, d in job.pieces.tolist():
+        for s, lo, hi, _ in _shard_spans(d, d + r1 - r0):
+            expected[s] += hi - lo
+    buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    filled: dict[int, int] = defaultdict(int)
+    done_shards = 0
+    p0, p1 = job.pieces[:, 0], job.pieces[:, 1]
+    raw = 0
+    for row0, frames in iter_frames(job.fs, job.obs_path, BLOCK_ROWS):
+        row1 = row0 + frames.shape[0]
+        raw += frames.nbytes
+        for i in np.flatnonzero((p0 < row1) & (p1 > row0)).tolist():
+            r0, r1, d = job.pieces[i].tolist()
+            a, b = max(r0, row0), min(r1, row1)
+            for s, lo, hi, off in _shard_spans(d + a - r0, d + b - r0):
+                if s not in buffers:
+                    n = _shard_rows(s, job.n_steps)
+                    buffers[s] = (np.zeros((n, *st.FRAME_SHAPE), np.uint8), np.zeros(n, bool))
+                buf, mask = buffers[s]
+                src = a - row0 + off
+                buf[lo:hi] = frames[src : src + hi - lo]
+                mask[lo:hi] = True
+                filled[s] += hi - lo
+                if filled[s] == expected[s]:
+                    _flush(job, s, buf, mask, obs_dir, edges)
+                    del buffers[s]
+                    done_shards += 1
+        report = progress or (_progress_queue.put if _progress_queue is not None else None)
+        if report is not None:
+            report(("bytes", frames.nbytes))
+    if buffers:
+        raise RuntimeError(f"{job.obs_path}: shards {sorted(buffers)} incomplete after streaming (plan bug)")
+    marker = Path(job.jobs_dir) / "done" / job.job_id
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"raw_bytes": raw, "seconds": time.time() - t0}))
+    return {"job": job.job_id, "raw_bytes": raw, "seconds": time.time() - t0, "shards": done_shards}
+
+
+def _flush(job: FileJob, shard: int, buf: np.ndarray, mask: np.ndarray, obs_dir: Path, edges: Path) -> None:
+    if shard in job.owned:
+        st.write_shard_atomic(obs_dir, shard, st.encode_shard(buf))
+        return
+    edges.mkdir(parents=True, exist_ok=True)
+    target = edges / f"{shard}.{job.job_id}.npz"
+    tmp = edges / f".{shard}.{job.job_id}.tmp{os.getpid()}.npz"
+    np.savez(tmp, rows=np.flatnonzero(mask).astype(np.int32), frames=buf[mask])
+    os.replace(tmp, target)
+
+
+def _merge_shared(plan: GamePlan, partial: Path, jobs_dir: Path) -> None:
+    for shard, contributors in sorted(plan.shared.items()):
+        n = _shard_rows(shard, plan.n_steps)
+        buf = np.zeros((n, *st.FRAME_SHAPE), np.uint8)
+        seen = np.zeros(n, bool)
+        for job_id in contributors:
+            with np.load(jobs_dir / "edges" / f"{shard}.{job_id}.npz") as z:
+                buf[z["rows"]] = z["frames"]
+                seen[z["rows"]] = True
+        if not seen.all():
+            raise RuntimeError(f"shard {shard} of {plan.game}: {int((~seen).sum())} rows missing after merge")
+        st.write_shard_atomic(partial / "obs", shard, st.encode_shard(buf))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Orchestration
+
+
+def prepare_data(opts: PrepareOptions, reporter: Reporter | None = None) -> list[dict[str, Any]]:
+    """Convert the selected games; returns one summary dict per game (status built/resumed/skipped)."""
+    reporter = reporter or NullReporter()
+    names = games.resolve(opts.games)
+    out_root = Path(opts.out)
+    source = Source.open(opts.source)
+    if opts.subsample is not None and not 0 < opts.subsample <= 1:
+        raise ValueError(f"--subsample must be a fraction in (0, 1], got {opts.subsample}")
+    if opts.max_transitions is not None and opts.max_transitions <= 0:
+        raise ValueError(f"--max-transitions must be positive, got {opts.max_transitions}")
+    split_checkpoints([], opts.split)
+    out_root.mkdir(parents=True, exist_ok=True)
+    summaries = []
+    pool = None
+    try:
+        if opts.workers > 1:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")
+            queue = ctx.Queue()
+            pool = ProcessPoolExecutor(opts.workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,))
+        else:
+            queue = None
+        for name in names:
+            summaries.append(_prepare_game(source, name, opts, out_root, reporter, pool, queue))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return summaries
+
+
+def _prepare_game(source, name, opts, out_root, reporter, pool, queue) -> dict[str, Any]:
+    final = st.store_path(out_root, name)
+    partial = st.partial_path(out_root, name)
+    jobs_dir = jobs_path(out_root, name)
+    warnings: list[str] = []
+
+    def warn(msg: str) -> None:
+        warnings.append(msg)
+        reporter.log(f"warning: {msg}")
+
+    if final.exists() and not opts.overwrite:
+        if jobs_dir.exists():  # killed between publish and cleanup
+            shutil.rmtree(jobs_dir)
+        reporter.log(f"{name}: {final} exists; skipping (use --overwrite to rebuild)")
+        return {"game": name, "status": "skipped", "path": str(final)}
+
+    reporter.log(f"{name}: planning from {source.url}")
+    try:
+        plan = plan_game(source, name, opts, out_root, warn)
+    except (SourceError, StreamError):
+        _discard(partial, jobs_dir)
+        raise
+    resumed = _resume_ok(jobs_dir, partial, plan.fingerprint)
+    if not resumed:
+        _discard(partial, jobs_dir)
+        jobs_dir.mkdir(parents=True)
+        info = games.get(name)
+        attrs = {"game": info.name, "task_id": info.task_id, "num_actions": info.num_actions,
+                 "action_set": list(info.minimal_actions)}
+        group = st.create_store(partial, plan.n_steps, len(plan.episode_start), attrs)
+        group["action"][:] = plan.action
+        group["reward"][:] = plan.reward
+        group["terminal"][:] = plan.terminal
+        group["episode_start"][:] = plan.episode_start
+        group["episode_length"][:] = plan.episode_length
+        (jobs_dir / "plan.json").write_text(json.dumps({"fingerprint": plan.fingerprint}))
+    done = {p.name for p in (jobs_dir / "done").glob("*")} if (jobs_dir / "done").exists() else set()
+    todo = [j for j in plan.jobs if j.job_id not in done]
+    if resumed:
+        reporter.log(f"{name}: resuming; {len(done)} of {len(plan.jobs)} files already converted")
+    t0 = time.time()
+    raw_total = 0
+    try:
+        raw_total = _run_jobs(name, todo, len(plan.jobs), source, reporter, pool, queue)
+        _merge_shared(plan, partial, jobs_dir)
+    except (SourceError, StreamError):
+        _discard(partial, jobs_dir)
+        raise
+    elapsed = time.time() - t0
+    plan.provenance["warnings"] = warnings
+    plan.provenance["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    plan.provenance["fingerprint"] = plan.fingerprint
+    plan.provenance["jowa_version"] = _version()
+    st.write_attrs_json(partial, {"provenance": plan.provenance})
+    st.publish(partial, final)
+    shutil.rmtree(jobs_dir, ignore_errors=True)
+    mbps = raw_total / max(elapsed, 1e-9) / 1e6
+    reporter.log(f"{name}: wrote {final} ({plan.n_steps} steps, {len(plan.episode_start)} episodes, "
+                 f"{mbps:.0f} MB/s of frames)")
+    return {"game": name, "status": "resumed" if resumed else "built", "path": str(final),
+            "steps": plan.n_steps, "episodes": int(len(plan.episode_start)), "raw_bytes": raw_total,
+            "seconds": elapsed, "warnings": warnings}
+
+
+def _run_jobs(name, todo, n_total, source, reporter, pool, queue) -> int:
+    files_task = reporter.task(f"{name}: files", total=n_total, unit="files")
+    reporter.advance(files_task, n_total - len(todo))
+    bytes_task = reporter.task(f"{name}: frames", total=None, unit="MB")
+    raw = 0
+    if pool is None:
+        for job in todo:
+            res = convert_file(job, progress=lambda m: reporter.advance(bytes_task, m[1] / 1e6))
+            raw += res["raw_bytes"]
+            reporter.advance(files_task, 1)
+        return raw
+    futures: dict[Future, FileJob] = {pool.submit(convert_file, job): job for job in todo}
+    try:
+        while futures:
+            finished, _ = wait(list(futures), timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(queue, reporter, bytes_task)
+            for fut in finished:
+                futures.pop(fut)
+                res = fut.result()  # re-raises a worker's SourceError
+                raw += res["raw_bytes"]
+                reporter.advance(files_task, 1)
+    except BaseException:
+        for fut in futures:
+            fut.cancel()
+        wait(list(futures))
+        raise
+    _drain(queue, reporter, bytes_task)
+    return raw
+
+
+def _drain(queue, reporter, task) -> None:
+    if queue is None:
+        return
+    while True:
+        try:
+            kind, amount = queue.get_nowait()
+        except Exception:  # noqa: BLE001 - queue.Empty from a manager proxy
+            return
+        reporter.advance(task, amount / 1e6)
+
+
+def _resume_ok(jobs_dir: Path, partial: Path, fingerprint: str) -> bool:
+    plan_file = jobs_dir / "plan.json"
+    if not (plan_file.exists() and partial.exists()):
+        return False
+    try:
+        return json.loads(plan_file.read_text()).get("fingerprint") == fingerprint
+    except (OSError, ValueError):
+        return False
+
+
+def _discard(partial: Path, jobs_dir: Path) -> None:
+    for p in (partial, jobs_dir):
+        if p.exists():
+            shutil.rmtree(p)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("jowa")
+    except Exception:  # noqa: BLE001
+        return "unknown"
