@@ -30,8 +30,15 @@ def data(
     """
     from jowa_core.data.bench import bench_data
 
-    result = bench_data(frames=frames, files=files, workers=workers, seconds=seconds, batch_size=batch_size,
-                        workdir=workdir or None, markdown=out or None)
+    result = bench_data(
+        frames=frames,
+        files=files,
+        workers=workers,
+        seconds=seconds,
+        batch_size=batch_size,
+        workdir=workdir or None,
+        markdown=out or None,
+    )
     for line in result["summary"]:
         typer.echo(line)
     emit_json(result, json_out or None)

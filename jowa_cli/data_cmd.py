@@ -12,15 +12,25 @@ from jowa_core.progress import make_reporter
 
 @handle_errors
 def prepare_data(
-    source: Annotated[str, typer.Option(help="DQN-Replay root (local dir or fsspec URL) with <Game>/<run>/replay_logs/.")],
-    games: Annotated[str, typer.Option(help="Games: group names (atari15, atari5, atari20, atari6, all) or a comma list.")],
+    source: Annotated[
+        str, typer.Option(help="DQN-Replay root (local dir or fsspec URL) with <Game>/<run>/replay_logs/.")
+    ],
+    games: Annotated[
+        str, typer.Option(help="Games: group names (atari15, atari5, atari20, atari6, all) or a comma list.")
+    ],
     out: Annotated[str, typer.Option(help="Output folder; one <Game>.zarr store per game is written here.")],
     runs: Annotated[str, typer.Option(help="Runs to read, e.g. '1,2' or '1-3' (default: every run found).")] = "",
     checkpoints: Annotated[str, typer.Option(help="Checkpoint range, e.g. '1-50' (default: all).")] = "",
     split: Annotated[str, typer.Option(help="all | first20 | last20: first/last 20% of the checkpoints.")] = "all",
-    subsample: Annotated[float, typer.Option(help="Keep this fraction of transitions, as whole episodes (paper: 0.1).")] = 1.0,
-    with_replacement: Annotated[bool, typer.Option("--with-replacement", help="Draw episodes with replacement (official code).")] = False,
-    max_transitions: Annotated[int, typer.Option(help="Cap on transitions per game (e.g. 5000 for fine-tuning sets); 0 = none.")] = 0,
+    subsample: Annotated[
+        float, typer.Option(help="Keep this fraction of transitions, as whole episodes (paper: 0.1).")
+    ] = 1.0,
+    with_replacement: Annotated[
+        bool, typer.Option("--with-replacement", help="Draw episodes with replacement (official code).")
+    ] = False,
+    max_transitions: Annotated[
+        int, typer.Option(help="Cap on transitions per game (e.g. 5000 for fine-tuning sets); 0 = none.")
+    ] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the episode draw.")] = 0,
     workers: Annotated[int, typer.Option(help="Parallel processes streaming observation files.")] = 1,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Rebuild stores that already exist.")] = False,
@@ -36,13 +46,22 @@ def prepare_data(
 
     Example: jowa prepare-data --source /data/dqn --games atari15 --runs 1,2 --subsample 0.1 --out data/atari15
     """
-    from jowa_core.data.convert import PrepareOptions, parse_int_list, parse_range, prepare_data as run
+    from jowa_core.data.convert import PrepareOptions, parse_int_list, parse_range
+    from jowa_core.data.convert import prepare_data as run
 
     opts = PrepareOptions(
-        source=source, out=out, games=[g for g in games.split(",") if g.strip()] or [games],
-        runs=parse_int_list(runs), checkpoints=parse_range(checkpoints), split=split,
-        subsample=None if subsample >= 1.0 else subsample, replacement=with_replacement,
-        max_transitions=max_transitions or None, seed=seed, workers=max(1, workers), overwrite=overwrite,
+        source=source,
+        out=out,
+        games=[g for g in games.split(",") if g.strip()] or [games],
+        runs=parse_int_list(runs),
+        checkpoints=parse_range(checkpoints),
+        split=split,
+        subsample=None if subsample >= 1.0 else subsample,
+        replacement=with_replacement,
+        max_transitions=max_transitions or None,
+        seed=seed,
+        workers=max(1, workers),
+        overwrite=overwrite,
     )
     reporter = make_reporter(quiet)
     try:

@@ -41,8 +41,7 @@ class PlainReporter:
 
     def task(self, description: str, total: float | None = None, unit: str = "") -> int:
         tid = len(self.tasks)
-        self.tasks[tid] = {"d": description, "total": total, "unit": unit, "done": 0.0, "t0": time.time(),
-                           "last": 0.0}
+        self.tasks[tid] = {"d": description, "total": total, "unit": unit, "done": 0.0, "t0": time.time(), "last": 0.0}
         return tid
 
     def advance(self, task: int, amount: float = 1.0) -> None:
@@ -60,8 +59,10 @@ class PlainReporter:
         total = t["total"]
         if total:
             eta = (total - t["done"]) / rate if rate > 0 else float("inf")
-            msg = f"{t['d']}: {t['done']:.0f}/{total:.0f} {t['unit']} ({100 * t['done'] / total:.0f}%, " \
-                  f"{rate:.1f} {t['unit']}/s, eta {eta:.0f}s)"
+            msg = (
+                f"{t['d']}: {t['done']:.0f}/{total:.0f} {t['unit']} ({100 * t['done'] / total:.0f}%, "
+                f"{rate:.1f} {t['unit']}/s, eta {eta:.0f}s)"
+            )
         else:
             msg = f"{t['d']}: {t['done']:.0f} {t['unit']} ({rate:.1f} {t['unit']}/s)"
         print(msg, file=self.stream, flush=True)
@@ -77,13 +78,26 @@ class RichReporter:
     """A rich live progress display (bars with rate and ETA)."""
 
     def __init__(self, console=None):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=console, transient=False,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
         )
         self.units: dict[int, str] = {}
         self.progress.start()

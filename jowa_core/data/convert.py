@@ -30,7 +30,14 @@ import numpy as np
 from jowa_core import games
 from jowa_core.data import store as st
 from jowa_core.data.dopamine import Checkpoint, Source, SourceError, iter_frames, load_checkpoint
-from jowa_core.data.stream import Cover, StreamError, contiguous_blocks, file_covers, find_episodes, select_episodes
+from jowa_core.data.stream import (
+    Cover,
+    StreamError,
+    contiguous_blocks,
+    file_covers,
+    find_episodes,
+    select_episodes,
+)
 from jowa_core.progress import NullReporter, Reporter
 
 SPLITS = ("all", "first20", "last20")
@@ -51,10 +58,11 @@ class PrepareOptions:
     seed: int = 0
     workers: int = 1
     overwrite: bool = False
+    shard_frames: int = st.OBS_SHARD_FRAMES  # frames per obs shard file (a multiple of 4)
 
     def fingerprint_fields(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("out", "workers", "overwrite", "games"):
+        for k in ("out", "workers", "overwrite", "games", "shard_frames"):
             d.pop(k)
         return d
 
@@ -71,6 +79,7 @@ class FileJob:
     jobs_dir: str
     n_steps: int
     owned: frozenset[int]  # shards only this job writes to
+    shard_frames: int
 
 
 @dataclass
@@ -163,10 +172,10 @@ def plan_game(source: Source, game: str, opts: PrepareOptions, out_root: Path, w
         C = capacities.pop()
         add_counts = {n: (arrays[n].add_count if n in arrays else _add_count(source, all_ckpts[n])) for n in all_ckpts}
 
-        def row_values(n: int, _all=all_ckpts, _arrays=arrays) -> tuple[np.ndarray, np.ndarray]:
+        def row_values(n: int, _all=all_ckpts, _arrays=arrays, _c=C) -> tuple[np.ndarray, np.ndarray]:
             a = _arrays.get(n) or load_checkpoint(source.fs, _all[n])
-            if a.capacity != C:
-                raise SourceError(f"{_all[n].path('terminal')}: capacity {a.capacity}, other checkpoints {C}")
+            if a.capacity != _c:
+                raise SourceError(f"{_all[n].path('terminal')}: capacity {a.capacity}, other checkpoints {_c}")
             return a.terminal.astype(bool), (a.action == 0) & (a.reward == 0) & (a.terminal == 0)
 
         def stale_match(prev: int, final: int, r0: int, r1: int) -> bool:
@@ -185,20 +194,28 @@ def plan_game(source: Source, game: str, opts: PrepareOptions, out_root: Path, w
         for n in selected:
             ck = all_ckpts[n]
             ckpt_files[(run, n)] = ck
-            files_meta.append({
-                "run": run, "ckpt": n, "add_count": add_counts[n], "capacity": C,
-                "holds_adds": [covers[n].start, covers[n].end],
-                "files": {m: {"name": p.rsplit("/", 1)[-1], "size": ck.sizes[m]} for m, p in ck.paths.items()},
-            })
+            files_meta.append(
+                {
+                    "run": run,
+                    "ckpt": n,
+                    "add_count": add_counts[n],
+                    "capacity": C,
+                    "holds_adds": [covers[n].start, covers[n].end],
+                    "files": {m: {"name": p.rsplit("/", 1)[-1], "size": ck.sizes[m]} for m, p in ck.paths.items()},
+                }
+            )
         del arrays
     if not candidates:
         what = "no checkpoints selected" if not files_meta else "no complete episode in the selected checkpoints"
-        raise SourceError(f"{source.game_dir(game)}: empty selection ({what}; runs {runs}, "
-                          f"checkpoints {opts.checkpoints or 'all'}, split {opts.split})")
+        raise SourceError(
+            f"{source.game_dir(game)}: empty selection ({what}; runs {runs}, "
+            f"checkpoints {opts.checkpoints or 'all'}, split {opts.split})"
+        )
 
     lengths = np.array([e - s for _, s, e in candidates], dtype=np.int64)
-    sel = select_episodes(lengths, opts.subsample, opts.max_transitions, opts.replacement,
-                          seed=[opts.seed, info.task_id])
+    sel = select_episodes(
+        lengths, opts.subsample, opts.max_transitions, opts.replacement, seed=[opts.seed, info.task_id]
+    )
     kept = sel.lengths
     episode_start = np.concatenate([[0], np.cumsum(kept)[:-1]]).astype(np.int64)
     n_steps = int(kept.sum())
@@ -231,12 +248,14 @@ def plan_game(source: Source, game: str, opts: PrepareOptions, out_root: Path, w
             raw = a.action[r0:r1]
             if raw.size and (raw.min() < 0 or raw.max() >= info.num_actions):
                 bad = int(np.flatnonzero((raw < 0) | (raw >= info.num_actions))[0]) + r0
-                raise SourceError(f"{ck.path('action')}: action {int(a.action[bad])} at row {bad} is outside "
-                                  f"{info.name}'s {info.num_actions}-action minimal set")
+                raise SourceError(
+                    f"{ck.path('action')}: action {int(a.action[bad])} at row {bad} is outside "
+                    f"{info.name}'s {info.num_actions}-action minimal set"
+                )
             action[d : d + r1 - r0] = info.to_full(raw)
             reward[d : d + r1 - r0] = a.reward[r0:r1]
 
-    jobs, shared = _make_jobs(source, ckpt_files, pieces, n_steps, out_root, game)
+    jobs, shared = _make_jobs(source, ckpt_files, pieces, n_steps, out_root, game, opts.shard_frames)
     provenance = {
         "source": source.url,
         "options": opts.fingerprint_fields(),
@@ -249,13 +268,28 @@ def plan_game(source: Source, game: str, opts: PrepareOptions, out_root: Path, w
         "truncated_episodes": int((kept < full_len).sum()),
         **stats,
     }
-    fp_src = json.dumps({"options": opts.fingerprint_fields(), "files": files_meta, "game": info.name,
-                         "format": st.FORMAT_VERSION, "shards": [st.OBS_CHUNK_FRAMES, st.OBS_SHARD_FRAMES]},
-                        sort_keys=True)
+    fp_src = json.dumps(
+        {
+            "options": opts.fingerprint_fields(),
+            "files": files_meta,
+            "game": info.name,
+            "format": st.FORMAT_VERSION,
+            "shards": [st.OBS_CHUNK_FRAMES, opts.shard_frames],
+        },
+        sort_keys=True,
+    )
     return GamePlan(
-        game=info.name, n_steps=n_steps, action=action, reward=reward, terminal=terminal,
-        episode_start=episode_start, episode_length=kept.astype(np.int64), jobs=jobs, shared=shared,
-        provenance=provenance, fingerprint=hashlib.sha256(fp_src.encode()).hexdigest()[:16],
+        game=info.name,
+        n_steps=n_steps,
+        action=action,
+        reward=reward,
+        terminal=terminal,
+        episode_start=episode_start,
+        episode_length=kept.astype(np.int64),
+        jobs=jobs,
+        shared=shared,
+        provenance=provenance,
+        fingerprint=hashlib.sha256(fp_src.encode()).hexdigest()[:16],
     )
 
 
@@ -268,9 +302,8 @@ def _add_count(source: Source, ck: Checkpoint) -> int:
     return int(a.reshape(()))
 
 
-def _shard_spans(d0: int, d1: int):
-    """(shard, local_start, local_stop, offset) spans of store rows [d0, d1)."""
-    S = st.OBS_SHARD_FRAMES
+def _shard_spans(d0: int, d1: int, S: int):
+    """(shard, local_start, local_stop, offset) spans of store rows [d0, d1), S rows per shard."""
     d = d0
     while d < d1:
         s, lo = divmod(d, S)
@@ -279,7 +312,7 @@ def _shard_spans(d0: int, d1: int):
         d += n
 
 
-def _make_jobs(source, ckpt_files, pieces, n_steps, out_root, game) -> tuple[list[FileJob], dict[int, list[str]]]:
+def _make_jobs(source, ckpt_files, pieces, n_steps, out_root, game, S) -> tuple[list[FileJob], dict[int, list[str]]]:
     contributors: dict[int, set[str]] = defaultdict(set)
     arrays: dict[str, np.ndarray] = {}
     for (run, n), plist in pieces.items():
@@ -287,7 +320,7 @@ def _make_jobs(source, ckpt_files, pieces, n_steps, out_root, game) -> tuple[lis
         arr = np.array(sorted(plist), dtype=np.int64).reshape(-1, 3)
         arrays[job_id] = arr
         for r0, r1, d in arr.tolist():
-            for s, *_ in _shard_spans(d, d + r1 - r0):
+            for s, *_ in _shard_spans(d, d + r1 - r0, S):
                 contributors[s].add(job_id)
     shared = {s: sorted(j) for s, j in contributors.items() if len(j) > 1}
     owned: dict[str, set[int]] = defaultdict(set)
@@ -298,11 +331,19 @@ def _make_jobs(source, ckpt_files, pieces, n_steps, out_root, game) -> tuple[lis
     for (run, n), _ in sorted(pieces.items()):
         job_id = f"r{run}c{n}"
         ck = ckpt_files[(run, n)]
-        jobs.append(FileJob(
-            job_id=job_id, fs=source.fs, obs_path=ck.path("observation"), pieces=arrays[job_id],
-            partial=str(st.partial_path(out_root, game)), jobs_dir=str(jobs_path(out_root, game)),
-            n_steps=n_steps, owned=frozenset(owned[job_id]),
-        ))
+        jobs.append(
+            FileJob(
+                job_id=job_id,
+                fs=source.fs,
+                obs_path=ck.path("observation"),
+                pieces=arrays[job_id],
+                partial=str(st.partial_path(out_root, game)),
+                jobs_dir=str(jobs_path(out_root, game)),
+                n_steps=n_steps,
+                owned=frozenset(owned[job_id]),
+                shard_frames=S,
+            )
+        )
     return jobs, shared
 
 
@@ -321,8 +362,8 @@ def _init_worker(queue) -> None:
     _progress_queue = queue
 
 
-def _shard_rows(shard: int, n_steps: int) -> int:
-    return min(st.OBS_SHARD_FRAMES, n_steps - shard * st.OBS_SHARD_FRAMES)
+def _shard_rows(shard: int, n_steps: int, S: int) -> int:
+    return min(S, n_steps - shard * S)
 
 
 def convert_file(job: FileJob, progress=None) -> dict[str, Any]:
@@ -332,7 +373,7 @@ def convert_file(job: FileJob, progress=None) -> dict[str, Any]:
     edges = Path(job.jobs_dir) / "edges"
     expected: dict[int, int] = defaultdict(int)
     for r0, r1, d in job.pieces.tolist():
-        for s, lo, hi, _ in _shard_spans(d, d + r1 - r0):
+        for s, lo, hi, _ in _shard_spans(d, d + r1 - r0, job.shard_frames):
             expected[s] += hi - lo
     buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     filled: dict[int, int] = defaultdict(int)
@@ -345,9 +386,9 @@ def convert_file(job: FileJob, progress=None) -> dict[str, Any]:
         for i in np.flatnonzero((p0 < row1) & (p1 > row0)).tolist():
             r0, r1, d = job.pieces[i].tolist()
             a, b = max(r0, row0), min(r1, row1)
-            for s, lo, hi, off in _shard_spans(d + a - r0, d + b - r0):
+            for s, lo, hi, off in _shard_spans(d + a - r0, d + b - r0, job.shard_frames):
                 if s not in buffers:
-                    n = _shard_rows(s, job.n_steps)
+                    n = _shard_rows(s, job.n_steps, job.shard_frames)
                     buffers[s] = (np.zeros((n, *st.FRAME_SHAPE), np.uint8), np.zeros(n, bool))
                 buf, mask = buffers[s]
                 src = a - row0 + off
@@ -366,12 +407,14 @@ def convert_file(job: FileJob, progress=None) -> dict[str, Any]:
     marker = Path(job.jobs_dir) / "done" / job.job_id
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"raw_bytes": raw, "seconds": time.time() - t0}))
+    if os.environ.get("JOWA_TEST_SLOW_FILES"):  # lets the kill -9 test interrupt a run mid-way
+        time.sleep(float(os.environ["JOWA_TEST_SLOW_FILES"]))
     return {"job": job.job_id, "raw_bytes": raw, "seconds": time.time() - t0, "shards": done_shards}
 
 
 def _flush(job: FileJob, shard: int, buf: np.ndarray, mask: np.ndarray, obs_dir: Path, edges: Path) -> None:
     if shard in job.owned:
-        st.write_shard_atomic(obs_dir, shard, st.encode_shard(buf))
+        st.write_shard_atomic(obs_dir, shard, st.encode_shard(buf, job.shard_frames))
         return
     edges.mkdir(parents=True, exist_ok=True)
     target = edges / f"{shard}.{job.job_id}.npz"
@@ -380,9 +423,9 @@ def _flush(job: FileJob, shard: int, buf: np.ndarray, mask: np.ndarray, obs_dir:
     os.replace(tmp, target)
 
 
-def _merge_shared(plan: GamePlan, partial: Path, jobs_dir: Path) -> None:
+def _merge_shared(plan: GamePlan, partial: Path, jobs_dir: Path, S: int) -> None:
     for shard, contributors in sorted(plan.shared.items()):
-        n = _shard_rows(shard, plan.n_steps)
+        n = _shard_rows(shard, plan.n_steps, S)
         buf = np.zeros((n, *st.FRAME_SHAPE), np.uint8)
         seen = np.zeros(n, bool)
         for job_id in contributors:
@@ -391,7 +434,7 @@ def _merge_shared(plan: GamePlan, partial: Path, jobs_dir: Path) -> None:
                 seen[z["rows"]] = True
         if not seen.all():
             raise RuntimeError(f"shard {shard} of {plan.game}: {int((~seen).sum())} rows missing after merge")
-        st.write_shard_atomic(partial / "obs", shard, st.encode_shard(buf))
+        st.write_shard_atomic(partial / "obs", shard, st.encode_shard(buf, S))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -456,9 +499,13 @@ def _prepare_game(source, name, opts, out_root, reporter, pool, queue) -> dict[s
         _discard(partial, jobs_dir)
         jobs_dir.mkdir(parents=True)
         info = games.get(name)
-        attrs = {"game": info.name, "task_id": info.task_id, "num_actions": info.num_actions,
-                 "action_set": list(info.minimal_actions)}
-        group = st.create_store(partial, plan.n_steps, len(plan.episode_start), attrs)
+        attrs = {
+            "game": info.name,
+            "task_id": info.task_id,
+            "num_actions": info.num_actions,
+            "action_set": list(info.minimal_actions),
+        }
+        group = st.create_store(partial, plan.n_steps, len(plan.episode_start), attrs, opts.shard_frames)
         group["action"][:] = plan.action
         group["reward"][:] = plan.reward
         group["terminal"][:] = plan.terminal
@@ -473,7 +520,7 @@ def _prepare_game(source, name, opts, out_root, reporter, pool, queue) -> dict[s
     raw_total = 0
     try:
         raw_total = _run_jobs(name, todo, len(plan.jobs), source, reporter, pool, queue)
-        _merge_shared(plan, partial, jobs_dir)
+        _merge_shared(plan, partial, jobs_dir, opts.shard_frames)
     except (SourceError, StreamError):
         _discard(partial, jobs_dir)
         raise
@@ -486,11 +533,19 @@ def _prepare_game(source, name, opts, out_root, reporter, pool, queue) -> dict[s
     st.publish(partial, final)
     shutil.rmtree(jobs_dir, ignore_errors=True)
     mbps = raw_total / max(elapsed, 1e-9) / 1e6
-    reporter.log(f"{name}: wrote {final} ({plan.n_steps} steps, {len(plan.episode_start)} episodes, "
-                 f"{mbps:.0f} MB/s of frames)")
-    return {"game": name, "status": "resumed" if resumed else "built", "path": str(final),
-            "steps": plan.n_steps, "episodes": int(len(plan.episode_start)), "raw_bytes": raw_total,
-            "seconds": elapsed, "warnings": warnings}
+    reporter.log(
+        f"{name}: wrote {final} ({plan.n_steps} steps, {len(plan.episode_start)} episodes, {mbps:.0f} MB/s of frames)"
+    )
+    return {
+        "game": name,
+        "status": "resumed" if resumed else "built",
+        "path": str(final),
+        "steps": plan.n_steps,
+        "episodes": int(len(plan.episode_start)),
+        "raw_bytes": raw_total,
+        "seconds": elapsed,
+        "warnings": warnings,
+    }
 
 
 def _run_jobs(name, todo, n_total, source, reporter, pool, queue) -> int:

@@ -169,7 +169,9 @@ def iter_frames(fs: Any, path: str, block_rows: int = 4096, expect_rows: int | N
             if dtype != np.uint8 or len(shape) != 3 or shape[1:] != FRAME_SHAPE:
                 raise SourceError(f"{path}: observation array is {shape} {dtype}, expected (C, 84, 84) uint8")
             if expect_rows is not None and shape[0] != expect_rows:
-                raise SourceError(f"{path}: {shape[0]} rows, but the other arrays of this checkpoint have {expect_rows}")
+                raise SourceError(
+                    f"{path}: {shape[0]} rows, but the other arrays of this checkpoint have {expect_rows}"
+                )
             rows = shape[0]
             buf = np.empty((block_rows, *FRAME_SHAPE), np.uint8)
             row = 0
@@ -212,7 +214,9 @@ def load_checkpoint(fs: Any, ck: Checkpoint, with_values: bool = True) -> Checkp
     if terminal.ndim != 1 or terminal.dtype.kind not in "iub":
         raise SourceError(f"{ck.path('terminal')}: expected a 1-D integer array, got {terminal.shape} {terminal.dtype}")
     if terminal.size and (terminal.min() < 0 or terminal.max() > 1):
-        raise SourceError(f"{ck.path('terminal')}: values outside {{0, 1}} (min {terminal.min()}, max {terminal.max()})")
+        raise SourceError(
+            f"{ck.path('terminal')}: values outside {{0, 1}} (min {terminal.min()}, max {terminal.max()})"
+        )
     capacity = int(terminal.shape[0])
     action = reward = np.zeros(0)
     if with_values:
@@ -220,8 +224,10 @@ def load_checkpoint(fs: Any, ck: Checkpoint, with_values: bool = True) -> Checkp
         reward = load_array(fs, ck.path("reward"))
         for name, arr, kinds in (("action", action, "iu"), ("reward", reward, "f")):
             if arr.ndim != 1 or arr.dtype.kind not in kinds:
-                raise SourceError(f"{ck.path(name)}: expected a 1-D {'integer' if kinds == 'iu' else 'float'} array, "
-                                  f"got {arr.shape} {arr.dtype}")
+                raise SourceError(
+                    f"{ck.path(name)}: expected a 1-D {'integer' if kinds == 'iu' else 'float'} array, "
+                    f"got {arr.shape} {arr.dtype}"
+                )
             if arr.shape[0] != capacity:
                 raise SourceError(f"{ck.path(name)}: {arr.shape[0]} rows, but terminal has {capacity}")
     shape, dtype = read_header(fs, ck.path("observation"))

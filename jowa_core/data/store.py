@@ -75,7 +75,9 @@ def list_stores(root: str | os.PathLike) -> list[Path]:
 # Writing
 
 
-def create_store(path: Path, n_steps: int, n_episodes: int, attrs: dict[str, Any]) -> zarr.Group:
+def create_store(
+    path: Path, n_steps: int, n_episodes: int, attrs: dict[str, Any], shard_frames: int = OBS_SHARD_FRAMES
+) -> zarr.Group:
     """Create an empty group with every array of the contract sized for ``n_steps`` and ``n_episodes``."""
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     group.create_array(
@@ -83,7 +85,7 @@ def create_store(path: Path, n_steps: int, n_episodes: int, attrs: dict[str, Any
         shape=(n_steps, *FRAME_SHAPE),
         dtype="uint8",
         chunks=(OBS_CHUNK_FRAMES, *FRAME_SHAPE),
-        shards=(OBS_SHARD_FRAMES, *FRAME_SHAPE),
+        shards=(shard_frames, *FRAME_SHAPE),
         compressors=ZstdCodec(level=ZSTD_LEVEL),
         fill_value=0,
     )
@@ -103,16 +105,16 @@ def create_store(path: Path, n_steps: int, n_episodes: int, attrs: dict[str, Any
     return group
 
 
-def encode_shard(frames: np.ndarray, valid_frames: int | None = None) -> bytes:
-    """Encode up to ``OBS_SHARD_FRAMES`` frames (n, 84, 84) uint8 as one Zarr v3 shard file.
+def encode_shard(frames: np.ndarray, shard_frames: int = OBS_SHARD_FRAMES) -> bytes:
+    """Encode up to ``shard_frames`` frames (n, 84, 84) uint8 as one Zarr v3 shard file.
 
-    ``valid_frames`` frames are real; the rest of the shard lies past the end of the array: chunks fully
-    past the end are marked empty, a chunk straddling the end is zero-padded (the fill value).
+    A shard shorter than ``shard_frames`` is the array's last: chunks fully past the end are marked
+    empty, a chunk straddling the end is zero-padded (the fill value).
     """
-    n = frames.shape[0] if valid_frames is None else valid_frames
-    if frames.shape[1:] != FRAME_SHAPE or frames.dtype != np.uint8 or not 0 < n <= OBS_SHARD_FRAMES:
+    n = frames.shape[0]
+    if frames.shape[1:] != FRAME_SHAPE or frames.dtype != np.uint8 or not 0 < n <= shard_frames:
         raise ValueError(f"bad shard contents: {frames.shape} {frames.dtype}")
-    n_chunks = OBS_SHARD_FRAMES // OBS_CHUNK_FRAMES
+    n_chunks = shard_frames // OBS_CHUNK_FRAMES
     index = np.full((n_chunks, 2), _EMPTY, dtype="<u8")
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
     parts: list[bytes] = []
@@ -150,12 +152,12 @@ def write_attrs_json(path: Path, attrs: dict[str, Any]) -> None:
     group.attrs.update(attrs)
 
 
-def write_obs(obs_path: Path, frames: np.ndarray) -> None:
+def write_obs(obs_path: Path, frames: np.ndarray, shard_frames: int = OBS_SHARD_FRAMES) -> None:
     """Write all frames (N, 84, 84) of an ``obs`` array created by ``create_store`` (in memory; small stores)."""
     n = frames.shape[0]
-    for shard in range(-(-n // OBS_SHARD_FRAMES)):
-        part = frames[shard * OBS_SHARD_FRAMES : (shard + 1) * OBS_SHARD_FRAMES]
-        write_shard_atomic(obs_path, shard, encode_shard(part))
+    for shard in range(-(-n // shard_frames)):
+        part = frames[shard * shard_frames : (shard + 1) * shard_frames]
+        write_shard_atomic(obs_path, shard, encode_shard(part, shard_frames))
 
 
 def write_store(
@@ -168,6 +170,7 @@ def write_store(
     episode_start: np.ndarray,
     episode_length: np.ndarray,
     attrs: dict[str, Any] | None = None,
+    shard_frames: int = OBS_SHARD_FRAMES,
 ) -> Path:
     """Write a complete store from in-memory arrays, atomically (built beside ``path``, then renamed).
 
@@ -188,8 +191,8 @@ def write_store(
         "action_set": list(info.minimal_actions),
         **(attrs or {}),
     }
-    group = create_store(partial, n, e, meta)
-    write_obs(partial / "obs", np.ascontiguousarray(obs, dtype=np.uint8))
+    group = create_store(partial, n, e, meta, shard_frames)
+    write_obs(partial / "obs", np.ascontiguousarray(obs, dtype=np.uint8), shard_frames)
     for name, values in (("action", action), ("reward", reward), ("terminal", terminal)):
         group[name][:] = np.asarray(values, dtype=STEP_ARRAYS[name])
     group["episode_start"][:] = np.asarray(episode_start, dtype=np.int64)
@@ -251,9 +254,7 @@ def open_store(path: str | os.PathLike) -> GameStore:
         raise StoreError(f"{path}: cannot open as a Zarr v3 group: {e}") from e
     attrs = dict(group.attrs)
     if attrs.get("format_version") != FORMAT_VERSION:
-        raise StoreError(
-            f"{path}: format_version {attrs.get('format_version')!r}, this jowa reads {FORMAT_VERSION}"
-        )
+        raise StoreError(f"{path}: format_version {attrs.get('format_version')!r}, this jowa reads {FORMAT_VERSION}")
     arrays = {}
     for name, dtype in {**STEP_ARRAYS, **EPISODE_ARRAYS}.items():
         if name not in group:
@@ -286,6 +287,9 @@ class FrameReader:
         meta = json.loads((self.path / "zarr.json").read_text())
         self.shape = tuple(meta["shape"])
         self._fast = _is_fast_layout(meta)
+        if self._fast:
+            self.shard_frames = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+            self.chunk_frames = int(meta["codecs"][0]["configuration"]["chunk_shape"][0])
         self._indexes: dict[int, np.ndarray] = {}
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
@@ -322,7 +326,7 @@ class FrameReader:
         index = self._indexes.get(shard)
         if index is None:
             fd = self._fd(shard)
-            n_chunks = OBS_SHARD_FRAMES // OBS_CHUNK_FRAMES
+            n_chunks = self.shard_frames // self.chunk_frames
             size = os.fstat(fd).st_size
             raw = os.pread(fd, n_chunks * 16 + 4, size - n_chunks * 16 - 4)
             if np.uint32(google_crc32c.value(raw[:-4])).astype("<u4").tobytes() != raw[-4:]:
@@ -332,10 +336,10 @@ class FrameReader:
         return index
 
     def _chunk(self, chunk: int) -> bytes:
-        shard, local = divmod(chunk * OBS_CHUNK_FRAMES, OBS_SHARD_FRAMES)
-        offset, nbytes = self._index(shard)[local // OBS_CHUNK_FRAMES]
+        shard, local = divmod(chunk * self.chunk_frames, self.shard_frames)
+        offset, nbytes = self._index(shard)[local // self.chunk_frames]
         if offset == _EMPTY:
-            return bytes(OBS_CHUNK_FRAMES * FRAME_BYTES)
+            return bytes(self.chunk_frames * FRAME_BYTES)
         return self._dctx.decompress(os.pread(self._fd(shard), int(nbytes), int(offset)))
 
     def read_range(self, start: int, stop: int) -> np.ndarray:
@@ -346,9 +350,9 @@ class FrameReader:
             return np.zeros((0, *FRAME_SHAPE), np.uint8)
         if not self._fast:
             return self._zarr_array()[start:stop]
-        c0, c1 = start // OBS_CHUNK_FRAMES, (stop - 1) // OBS_CHUNK_FRAMES
+        c0, c1 = start // self.chunk_frames, (stop - 1) // self.chunk_frames
         buf = b"".join(self._chunk(c) for c in range(c0, c1 + 1))
-        first = start - c0 * OBS_CHUNK_FRAMES
+        first = start - c0 * self.chunk_frames
         flat = np.frombuffer(buf, np.uint8).reshape(-1, *FRAME_SHAPE)
         return flat[first : first + stop - start]
 
@@ -367,7 +371,7 @@ class FrameReader:
 
 
 def _is_fast_layout(meta: dict[str, Any]) -> bool:
-    """True when ``meta`` is exactly the obs layout ``create_store`` writes."""
+    """True when ``meta`` is the obs layout ``create_store`` writes (any shard length, 4-frame chunks)."""
     try:
         (codec,) = meta["codecs"]
         cfg = codec["configuration"]
@@ -376,8 +380,9 @@ def _is_fast_layout(meta: dict[str, Any]) -> bool:
         return (
             codec["name"] == "sharding_indexed"
             and meta["data_type"] == "uint8"
-            and list(meta["chunk_grid"]["configuration"]["chunk_shape"]) == [OBS_SHARD_FRAMES, *FRAME_SHAPE]
+            and list(meta["chunk_grid"]["configuration"]["chunk_shape"])[1:] == list(FRAME_SHAPE)
             and list(cfg["chunk_shape"]) == [OBS_CHUNK_FRAMES, *FRAME_SHAPE]
+            and meta["chunk_grid"]["configuration"]["chunk_shape"][0] % OBS_CHUNK_FRAMES == 0
             and inner == ["bytes", "zstd"]
             and index == ["bytes", "crc32c"]
             and cfg.get("index_location", "end") == "end"
