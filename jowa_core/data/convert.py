@@ -165,28 +165,29 @@ def plan_game(source: Source, game: str, opts: PrepareOptions, out_root: Path, w
         selected = split_checkpoints(nums, opts.split)
         if not selected:
             continue
-        arrays = {n: load_checkpoint(source.fs, all_ckpts[n]) for n in selected}
-        capacities = {a.capacity for a in arrays.values()}
+        # per file only what planning needs: terminal flags and "all-zero row" flags (2 bytes per row)
+        flags = {n: _row_flags(load_checkpoint(source.fs, all_ckpts[n])) for n in selected}
+        capacities = {f[0].shape[0] for f in flags.values()}
         if len(capacities) != 1:
             raise SourceError(f"{label}checkpoints have different capacities {sorted(capacities)}")
         C = capacities.pop()
-        add_counts = {n: (arrays[n].add_count if n in arrays else _add_count(source, all_ckpts[n])) for n in all_ckpts}
+        add_counts = {n: flags[n][2] if n in flags else _add_count(source, all_ckpts[n]) for n in all_ckpts}
 
-        def row_values(n: int, _all=all_ckpts, _arrays=arrays, _c=C) -> tuple[np.ndarray, np.ndarray]:
-            a = _arrays.get(n) or load_checkpoint(source.fs, _all[n])
-            if a.capacity != _c:
-                raise SourceError(f"{_all[n].path('terminal')}: capacity {a.capacity}, other checkpoints {_c}")
-            return a.terminal.astype(bool), (a.action == 0) & (a.reward == 0) & (a.terminal == 0)
+        def row_values(n: int, _all=all_ckpts, _flags=flags, _c=C) -> tuple[np.ndarray, np.ndarray, int]:
+            f = _flags.get(n) or _row_flags(load_checkpoint(source.fs, _all[n]))
+            if f[0].shape[0] != _c:
+                raise SourceError(f"{_all[n].path('terminal')}: capacity {f[0].shape[0]}, other checkpoints {_c}")
+            return f
 
         def stale_match(prev: int, final: int, r0: int, r1: int) -> bool:
-            (tp, zp), (tf, zf) = row_values(prev), row_values(final)
+            (tp, zp, _), (tf, zf, _) = row_values(prev), row_values(final)
             return bool(np.array_equal(tp[r0:r1], tf[r0:r1]) and np.array_equal(zp[r0:r1], zf[r0:r1]))
 
         covers = file_covers(add_counts, C, stale_match, warn=warn, label=label)
         run_covers[run] = {n: covers[n] for n in selected}
         for block in contiguous_blocks([covers[n] for n in selected]):
-            term = np.concatenate([c.chrono(arrays[c.ckpt].terminal.astype(bool)) for c in block.covers])
-            zero = np.concatenate([c.chrono(row_values(c.ckpt)[1]) for c in block.covers])
+            term = np.concatenate([c.chrono(flags[c.ckpt][0]) for c in block.covers])
+            zero = np.concatenate([c.chrono(flags[c.ckpt][1]) for c in block.covers])
             found = find_episodes(block.start, term, zero, label=label)
             stats["rows_skipped_after_gaps"] += found.skipped_head
             stats["rows_in_unfinished_episodes"] += found.dropped_tail
@@ -204,7 +205,7 @@ def plan_game(source: Source, game: str, opts: PrepareOptions, out_root: Path, w
                     "files": {m: {"name": p.rsplit("/", 1)[-1], "size": ck.sizes[m]} for m, p in ck.paths.items()},
                 }
             )
-        del arrays
+        del flags
     if not candidates:
         what = "no checkpoints selected" if not files_meta else "no complete episode in the selected checkpoints"
         raise SourceError(
@@ -291,6 +292,12 @@ def plan_game(source: Source, game: str, opts: PrepareOptions, out_root: Path, w
         provenance=provenance,
         fingerprint=hashlib.sha256(fp_src.encode()).hexdigest()[:16],
     )
+
+
+def _row_flags(a) -> tuple[np.ndarray, np.ndarray, int]:
+    """(terminal (C,) bool, all-zero row (C,) bool, add_count) of a loaded checkpoint."""
+    terminal = a.terminal.astype(bool)
+    return terminal, (a.action == 0) & (a.reward == 0) & ~terminal, a.add_count
 
 
 def _add_count(source: Source, ck: Checkpoint) -> int:

@@ -1,0 +1,166 @@
+"""`jowa bench data`: converter and loader throughput, each next to a baseline measured in the same run.
+
+* Converter: DQN-Replay-format logs are made from real Atari frames (ale-py, random policy, frames tiled to
+  the requested capacity) through the production logger writer, then converted by ``jowa prepare-data`` in
+  a subprocess. Reported: MB/s of raw frames per worker, peak RSS of the largest process, and the ratio to
+  plain gzip decoding of the same observation file (the floor any converter pays).
+* Loader: random 8-step segments per second from the frame store in one process, against zarr-python
+  reading the same segments one slice at a time.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+GAME = "SpaceInvaders"
+
+
+def _real_frames(n: int, seed: int = 0) -> np.ndarray:
+    from jowa_core.envs.atari import AtariEnv, AtariSettings
+
+    env = AtariEnv(GAME, AtariSettings(), seed=seed)
+    rng = np.random.default_rng(seed)
+    frames = [env.reset()]
+    while len(frames) < n:
+        obs, _, game_over, truncated = env.step(int(rng.integers(env.num_actions)))
+        frames.append(obs)
+        if game_over or truncated:
+            frames.append(env.reset())
+    return np.stack(frames[:n])
+
+
+def make_logs(root: Path, capacity: int, files: int, pool_frames: int = 4000, seed: int = 0) -> Path:
+    """Write ``files`` full checkpoints of ``capacity`` rows for GAME/1 (plus the final file)."""
+    from jowa_core.data.dopamine_writer import LoggedReplayWriter
+
+    pool = _real_frames(pool_frames, seed)
+    rng = np.random.default_rng(seed)
+    log_dir = root / GAME / "1" / "replay_logs"
+    with LoggedReplayWriter(log_dir, capacity, compresslevel=1, fsync=False) as writer:
+        i = 0
+        while len(writer.logged) < files:
+            length = int(rng.integers(200, 2000))
+            for t in range(length):
+                writer.add(pool[i % pool_frames], int(rng.integers(6)), float(rng.random() < 0.02), t == length - 1)
+                i += 1
+        writer.log_final_buffer()
+    return log_dir
+
+
+def _gzip_decode_mb_s(path: Path) -> float:
+    t0 = time.perf_counter()
+    n = 0
+    with gzip.open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            n += len(chunk)
+    return n / (time.perf_counter() - t0) / 1e6
+
+
+def _zarr_baseline(store: Path, starts: np.ndarray, seq_len: int = 8) -> float:
+    import zarr
+
+    obs = zarr.open_group(str(store), mode="r")["obs"]
+    t0 = time.perf_counter()
+    for s in starts.tolist():
+        obs[s : s + seq_len]
+    return len(starts) / (time.perf_counter() - t0)
+
+
+def bench_data(
+    frames: int = 100_000,
+    files: int = 2,
+    workers: int = 1,
+    seconds: float = 5.0,
+    batch_size: int = 256,
+    workdir: str | None = None,
+    markdown: str | None = None,
+) -> dict[str, Any]:
+    from jowa_core.data.segments import benchmark_loader
+    from jowa_core.data.store import open_store
+
+    tmp = tempfile.TemporaryDirectory(dir=workdir)
+    root = Path(tmp.name)
+    t0 = time.perf_counter()
+    log_dir = make_logs(root / "src", frames, files)
+    make_s = time.perf_counter() - t0
+
+    gzip_mb_s = _gzip_decode_mb_s(log_dir / "$store$_observation_ckpt.1.gz")
+
+    out = root / "out"
+    summary_path = root / "summary.json"
+    cmd = [sys.executable, "-m", "jowa_cli.main", "prepare-data", "--source", str(root / "src"), "--games", GAME,
+           "--out", str(out), "--workers", str(workers), "--json", str(summary_path), "--quiet"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    wall = time.perf_counter() - t0
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
+    (store_summary,) = json.loads(summary_path.read_text())["stores"]
+    raw_mb = store_summary["raw_bytes"] / 1e6
+    busy = min(workers, files + 1)
+    convert_mb_s = raw_mb / store_summary["seconds"]
+    per_worker = convert_mb_s / busy
+
+    store = out / f"{GAME}.zarr"
+    loader = benchmark_loader(out, batch_size=batch_size, seconds=seconds)
+    n_steps = open_store(store).num_steps
+    starts = np.random.default_rng(0).integers(0, n_steps - 8, 2000)
+    zarr_seg_s = _zarr_baseline(store, starts)
+    size_mb = sum(p.stat().st_size for p in store.rglob("*") if p.is_file()) / 1e6
+
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
+                  f"{platform.python_version()}",
+        "capacity": frames, "files": files, "workers": workers, "make_logs_s": make_s,
+        "converter": {"raw_mb": raw_mb, "wall_s": wall, "mb_s": convert_mb_s, "mb_s_per_worker": per_worker,
+                      "peak_rss_mb": peak_rss_mb, "gzip_decode_mb_s": gzip_mb_s,
+                      "ratio_to_gzip_decode": per_worker / gzip_mb_s, "store_mb": size_mb},
+        "loader": {**loader, "zarr_python_segments_per_s": zarr_seg_s,
+                   "ratio_to_zarr_python": loader["segments_per_s"] / zarr_seg_s},
+    }
+    result["summary"] = [
+        f"converter: {per_worker:.0f} MB/s of raw frames per worker ({workers} worker(s), {raw_mb:.0f} MB), "
+        f"{result['converter']['ratio_to_gzip_decode']:.2f}x plain gzip decoding ({gzip_mb_s:.0f} MB/s); "
+        f"peak RSS {peak_rss_mb:.0f} MB; store {size_mb:.1f} MB",
+        f"loader: {loader['segments_per_s']:.0f} segments/s ({loader['frames_mb_per_s']:.0f} MB/s of frames), "
+        f"{result['loader']['ratio_to_zarr_python']:.1f}x zarr-python slicing ({zarr_seg_s:.0f} segments/s)",
+    ]
+    if markdown:
+        _append_markdown(Path(markdown), result)
+    tmp.cleanup()
+    return result
+
+
+def _append_markdown(path: Path, r: dict[str, Any]) -> None:
+    c, ld = r["converter"], r["loader"]
+    lines = [
+        f"\n## Data pipeline — {r['date']} — {r['device']}\n",
+        f"`jowa bench data --frames {r['capacity']} --files {r['files']} --workers {r['workers']}`\n",
+        "| measure | value | baseline (same run) | ratio |",
+        "|---|---|---|---|",
+        f"| converter, raw frames per worker | {c['mb_s_per_worker']:.0f} MB/s | gzip decode only "
+        f"{c['gzip_decode_mb_s']:.0f} MB/s | {c['ratio_to_gzip_decode']:.2f} |",
+        f"| converter peak RSS (largest process) | {c['peak_rss_mb']:.0f} MB | | |",
+        f"| loader, random 8-step segments, 1 process | {ld['segments_per_s']:.0f} /s | zarr-python slices "
+        f"{ld['zarr_python_segments_per_s']:.0f} /s | {ld['ratio_to_zarr_python']:.1f} |",
+        f"| store size | {c['store_mb']:.1f} MB for {c['raw_mb']:.0f} MB of raw frames | | |",
+        "",
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text("# Benchmarks\n\nResults appended by `jowa bench ...`; each row compares against a "
+                        "baseline measured in the same run.\n")
+    with path.open("a") as f:
+        f.write("\n".join(lines))
