@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m jowa_cli.demo --out demo
+	$(BIN)/jowa demo --out demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
