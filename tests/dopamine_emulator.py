@@ -67,7 +67,8 @@ class EmulatedLogger:
         self.run.adds.append(t.key)
         self.add_count += 1
         # Dopamine's invalid_range(cursor, capacity, stack_size, update_horizon=1)
-        self.invalid_range = np.array([(int(self.add_count) % self.C - 1 + i) % self.C for i in range(STACK_SIZE)])
+        # Dopamine invalid_range(cursor, C, stack_size, update_horizon=1): stack_size + 1 entries
+        self.invalid_range = np.array([(int(self.add_count) % self.C - 1 + i) % self.C for i in range(STACK_SIZE + 1)])
 
     def add(self, t: Transition) -> None:
         is_empty = int(self.add_count) == 0

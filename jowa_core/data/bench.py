@@ -2,8 +2,9 @@
 
 * Converter: DQN-Replay-format logs are made from real Atari frames (ale-py, random policy, frames tiled to
   the requested capacity) through the production logger writer, then converted by ``jowa prepare-data`` in
-  a subprocess. Reported: MB/s of raw frames per worker, peak RSS of the largest process, and the ratio to
-  plain gzip decoding of the same observation file (the floor any converter pays).
+  a subprocess. Reported: MB/s of raw frames per worker, peak RSS of the largest single process
+  (sampled every 50 ms), and the ratio to plain gzip decoding of the same observation file (the floor
+  any converter pays).
 * Loader: random 8-step segments per second from the frame store in one process, against zarr-python
   reading the same segments one slice at a time.
 """
@@ -14,7 +15,6 @@ import gzip
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -57,6 +57,25 @@ def make_logs(root: Path, capacity: int, files: int, pool_frames: int = 4000, se
                 i += 1
         writer.log_final_buffer()
     return log_dir
+
+
+def _run_measuring_rss(cmd: list[str]) -> float:
+    """Run ``cmd``; return the peak RSS (MB) of its largest single process (parent or worker), sampled."""
+    import psutil
+
+    proc = subprocess.Popen(cmd)
+    peak: dict[int, int] = {}
+    ps = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            for p in [ps, *ps.children(recursive=True)]:
+                peak[p.pid] = max(peak.get(p.pid, 0), p.memory_info().rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return max(peak.values(), default=0) / 1e6
 
 
 def _gzip_decode_mb_s(path: Path) -> float:
@@ -103,9 +122,8 @@ def bench_data(
     cmd = [sys.executable, "-m", "jowa_cli.main", "prepare-data", "--source", str(root / "src"), "--games", GAME,
            "--out", str(out), "--workers", str(workers), "--json", str(summary_path), "--quiet"]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
+    peak_rss_mb = _run_measuring_rss(cmd)
     wall = time.perf_counter() - t0
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
     (store_summary,) = json.loads(summary_path.read_text())["stores"]
     raw_mb = store_summary["raw_bytes"] / 1e6
     busy = min(workers, files + 1)
