@@ -147,8 +147,8 @@ def recoverable_episodes(run: LoggedRun, ckpts: set[int] | None = None) -> list[
     An episode is recoverable when all its rows, and the add index just before its padding (the previous
     episode's terminal, or the very start of the run), lie in one contiguous range of add indices held by
     the selected logged files. Rows a file holds that an earlier file already held (the stale rows of the
-    final file) do not count: the store takes no stale duplicates. (After a gap, the converter cannot tell where an episode starts until it
-    sees a terminal.)
+    final file) do not count: the store takes no stale duplicates. (After a gap, the converter cannot tell
+    where an episode starts until it sees a terminal.)
     """
     held: set[int] = set()
     newest = -1  # newest add index held by any earlier file: older rows of a file are stale copies
