@@ -29,7 +29,7 @@ import numpy as np
 
 from jowa_core import games
 from jowa_core.data import store as st
-from jowa_core.data.dopamine import Checkpoint, Source, SourceError, iter_frames, load_checkpoint
+from jowa_core.data.dopamine import Checkpoint, Source, SourceError, iter_frames, load_add_count, load_checkpoint
 from jowa_core.data.stream import (
     Cover,
     StreamError,
@@ -171,7 +171,7 @@ def plan_game(source: Source, game: str, opts: PrepareOptions, out_root: Path, w
         if len(capacities) != 1:
             raise SourceError(f"{label}checkpoints have different capacities {sorted(capacities)}")
         C = capacities.pop()
-        add_counts = {n: flags[n][2] if n in flags else _add_count(source, all_ckpts[n]) for n in all_ckpts}
+        add_counts = {n: flags[n][2] if n in flags else load_add_count(source.fs, all_ckpts[n]) for n in all_ckpts}
 
         def row_values(n: int, _all=all_ckpts, _flags=flags, _c=C) -> tuple[np.ndarray, np.ndarray, int]:
             f = _flags.get(n) or _row_flags(load_checkpoint(source.fs, _all[n]))
@@ -298,15 +298,6 @@ def _row_flags(a) -> tuple[np.ndarray, np.ndarray, int]:
     """(terminal (C,) bool, all-zero row (C,) bool, add_count) of a loaded checkpoint."""
     terminal = a.terminal.astype(bool)
     return terminal, (a.action == 0) & (a.reward == 0) & ~terminal, a.add_count
-
-
-def _add_count(source: Source, ck: Checkpoint) -> int:
-    from jowa_core.data.dopamine import load_array
-
-    a = load_array(source.fs, ck.path("add_count"))
-    if a.shape not in ((), (1,)) or a.dtype.kind not in "iu":
-        raise SourceError(f"{ck.path('add_count')}: expected a scalar integer, got {a.shape} {a.dtype}")
-    return int(a.reshape(()))
 
 
 def _shard_spans(d0: int, d1: int, S: int):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import gzip
 import re
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -116,9 +118,16 @@ class Source:
         return out
 
 
-def _open_gz(fs: Any, path: str) -> BinaryIO:
-    raw = fs.open(path, "rb")
-    return _gzip_impl.GzipFile(fileobj=raw, mode="rb")
+@contextmanager
+def _open_gz(fs: Any, path: str) -> Iterator[BinaryIO]:
+    """Open a gzip'd file; any read failure inside the block becomes a SourceError naming ``path``."""
+    try:
+        with fs.open(path, "rb") as raw, _gzip_impl.GzipFile(fileobj=raw, mode="rb") as f:
+            yield f
+    except SourceError:
+        raise
+    except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as e:
+        raise SourceError(f"{path}: corrupt or truncated gzip ({e})") from e
 
 
 def _read_header(f: BinaryIO, path: str) -> tuple[tuple[int, ...], np.dtype]:
@@ -141,57 +150,51 @@ def read_header(fs: Any, path: str) -> tuple[tuple[int, ...], np.dtype]:
 
 def load_array(fs: Any, path: str) -> np.ndarray:
     """Load a small gzip'd .npy array whole, turning every failure into a SourceError naming the file."""
-    try:
-        with _open_gz(fs, path) as f:
-            shape, dtype = _read_header(f, path)
-            count = int(np.prod(shape)) if shape else 1
-            data = f.read(count * dtype.itemsize)
-            if len(data) != count * dtype.itemsize:
-                raise SourceError(f"{path}: truncated (expected {count * dtype.itemsize} bytes of data)")
-            if f.read(1):
-                raise SourceError(f"{path}: trailing bytes after the array")
-    except SourceError:
-        raise
-    except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as e:
-        raise SourceError(f"{path}: corrupt or truncated gzip ({e})") from e
+    with _open_gz(fs, path) as f:
+        shape, dtype = _read_header(f, path)
+        count = int(np.prod(shape)) if shape else 1
+        data = f.read(count * dtype.itemsize)
+        if len(data) != count * dtype.itemsize:
+            raise SourceError(f"{path}: truncated (expected {count * dtype.itemsize} bytes of data)")
+        if f.read(1):
+            raise SourceError(f"{path}: trailing bytes after the array")
     return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
-def iter_frames(fs: Any, path: str, block_rows: int = 4096, expect_rows: int | None = None):
+def load_add_count(fs: Any, ck: Checkpoint) -> int:
+    """The checkpoint's add_count (a scalar integer array)."""
+    add = load_array(fs, ck.path("add_count"))
+    if add.shape not in ((), (1,)) or add.dtype.kind not in "iu":
+        raise SourceError(f"{ck.path('add_count')}: expected a scalar integer, got {add.shape} {add.dtype}")
+    return int(add.reshape(()))
+
+
+def iter_frames(fs: Any, path: str, block_rows: int = 4096):
     """Yield (row_offset, frames) blocks of a (C, 84, 84) uint8 observation file, streaming.
 
     Peak memory is one block (~29 MB for 4096 rows). Raises SourceError on a bad header, truncation or a
     failed gzip check (which Python's and ISA-L's gzip readers verify at the end of the stream).
     """
-    try:
-        with _open_gz(fs, path) as f:
-            shape, dtype = _read_header(f, path)
-            if dtype != np.uint8 or len(shape) != 3 or shape[1:] != FRAME_SHAPE:
-                raise SourceError(f"{path}: observation array is {shape} {dtype}, expected (C, 84, 84) uint8")
-            if expect_rows is not None and shape[0] != expect_rows:
-                raise SourceError(
-                    f"{path}: {shape[0]} rows, but the other arrays of this checkpoint have {expect_rows}"
-                )
-            rows = shape[0]
-            buf = np.empty((block_rows, *FRAME_SHAPE), np.uint8)
-            row = 0
-            while row < rows:
-                n = min(block_rows, rows - row)
-                view = memoryview(buf[:n]).cast("B")
-                got = 0
-                while got < view.nbytes:
-                    k = f.readinto(view[got:])
-                    if not k:
-                        raise SourceError(f"{path}: truncated after {row + got // (84 * 84)} of {rows} rows")
-                    got += k
-                yield row, buf[:n]
-                row += n
-            if f.read(1):
-                raise SourceError(f"{path}: trailing bytes after the array")
-    except SourceError:
-        raise
-    except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as e:
-        raise SourceError(f"{path}: corrupt or truncated gzip ({e})") from e
+    with _open_gz(fs, path) as f:
+        shape, dtype = _read_header(f, path)
+        if dtype != np.uint8 or len(shape) != 3 or shape[1:] != FRAME_SHAPE:
+            raise SourceError(f"{path}: observation array is {shape} {dtype}, expected (C, 84, 84) uint8")
+        rows = shape[0]
+        buf = np.empty((block_rows, *FRAME_SHAPE), np.uint8)
+        row = 0
+        while row < rows:
+            n = min(block_rows, rows - row)
+            view = memoryview(buf[:n]).cast("B")
+            got = 0
+            while got < view.nbytes:
+                k = f.readinto(view[got:])
+                if not k:
+                    raise SourceError(f"{path}: truncated after {row + got // (84 * 84)} of {rows} rows")
+                got += k
+            yield row, buf[:n]
+            row += n
+        if f.read(1):
+            raise SourceError(f"{path}: trailing bytes after the array")
 
 
 @dataclass
@@ -205,34 +208,28 @@ class CheckpointArrays:
     capacity: int
 
 
-def load_checkpoint(fs: Any, ck: Checkpoint, with_values: bool = True) -> CheckpointArrays:
-    """Load and validate add_count, terminal (and action, reward when ``with_values``) of a checkpoint."""
-    add = load_array(fs, ck.path("add_count"))
-    if add.shape not in ((), (1,)) or add.dtype.kind not in "iu":
-        raise SourceError(f"{ck.path('add_count')}: expected a scalar integer, got {add.shape} {add.dtype}")
+def load_checkpoint(fs: Any, ck: Checkpoint) -> CheckpointArrays:
+    """Load and validate add_count, terminal, action and reward of a checkpoint (and the obs header)."""
+    add_count = load_add_count(fs, ck)
     terminal = load_array(fs, ck.path("terminal"))
     if terminal.ndim != 1 or terminal.dtype.kind not in "iub":
         raise SourceError(f"{ck.path('terminal')}: expected a 1-D integer array, got {terminal.shape} {terminal.dtype}")
     if terminal.size and (terminal.min() < 0 or terminal.max() > 1):
-        raise SourceError(
-            f"{ck.path('terminal')}: values outside {{0, 1}} (min {terminal.min()}, max {terminal.max()})"
-        )
+        raise SourceError(f"{ck.path('terminal')}: values outside 0/1 (min {terminal.min()}, max {terminal.max()})")
     capacity = int(terminal.shape[0])
-    action = reward = np.zeros(0)
-    if with_values:
-        action = load_array(fs, ck.path("action"))
-        reward = load_array(fs, ck.path("reward"))
-        for name, arr, kinds in (("action", action, "iu"), ("reward", reward, "f")):
-            if arr.ndim != 1 or arr.dtype.kind not in kinds:
-                raise SourceError(
-                    f"{ck.path(name)}: expected a 1-D {'integer' if kinds == 'iu' else 'float'} array, "
-                    f"got {arr.shape} {arr.dtype}"
-                )
-            if arr.shape[0] != capacity:
-                raise SourceError(f"{ck.path(name)}: {arr.shape[0]} rows, but terminal has {capacity}")
+    action = load_array(fs, ck.path("action"))
+    reward = load_array(fs, ck.path("reward"))
+    for name, arr, kinds in (("action", action, "iu"), ("reward", reward, "f")):
+        if arr.ndim != 1 or arr.dtype.kind not in kinds:
+            raise SourceError(
+                f"{ck.path(name)}: expected a 1-D {'integer' if kinds == 'iu' else 'float'} array, "
+                f"got {arr.shape} {arr.dtype}"
+            )
+        if arr.shape[0] != capacity:
+            raise SourceError(f"{ck.path(name)}: {arr.shape[0]} rows, but terminal has {capacity}")
     shape, dtype = read_header(fs, ck.path("observation"))
     if len(shape) != 3 or shape[1:] != FRAME_SHAPE or dtype != np.uint8:
         raise SourceError(f"{ck.path('observation')}: observation array is {shape} {dtype}, expected (C, 84, 84) uint8")
     if shape[0] != capacity:
         raise SourceError(f"{ck.path('observation')}: {shape[0]} rows, but terminal has {capacity}")
-    return CheckpointArrays(int(add.reshape(())), action, reward.astype(np.float32, copy=False), terminal, capacity)
+    return CheckpointArrays(add_count, action, reward.astype(np.float32, copy=False), terminal, capacity)
