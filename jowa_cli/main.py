@@ -12,10 +12,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-from jowa_cli import bench_cmd, collect_cmd, data_cmd, demo_cmd  # noqa: E402  (commands register themselves on `app`)
+from jowa_cli import bench_cmd, collect_cmd, data_cmd, demo_cmd, pretrain_cmd  # noqa: E402
 
 app.command("prepare-data", help=data_cmd.prepare_data.__doc__.splitlines()[0])(data_cmd.prepare_data)
 app.command("collect", help=collect_cmd.collect.__doc__.splitlines()[0])(collect_cmd.collect)
+app.command("pretrain", help=pretrain_cmd.pretrain.__doc__.splitlines()[0])(pretrain_cmd.pretrain)
 app.command("demo", help=demo_cmd.demo.__doc__.splitlines()[0])(demo_cmd.demo)
 app.add_typer(bench_cmd.app, name="bench", help="Benchmarks: data conversion and loading throughput.")
 

@@ -218,6 +218,7 @@ class BalancedBatchSampler(Sampler[list[int]]):
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.epoch = 0
+        self.start_batch = 0
         all_ranges = index.group_ranges()
         self.group_ids = [g for g, r in enumerate(all_ranges) if r]  # games with at least one segment
         if not self.group_ids:
@@ -249,8 +250,12 @@ class BalancedBatchSampler(Sampler[list[int]]):
             return j
         raise ValueError(f"epoch_length must be 'total', 'max' or an int, got {policy!r}")
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch; the next iteration starts at this rank's batch ``start_batch`` (for resuming)."""
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch {start_batch} outside 0..{len(self)}")
         self.epoch = int(epoch)
+        self.start_batch = int(start_batch)
 
     def __len__(self) -> int:
         return -(-self.global_batches // self.world_size)
@@ -272,7 +277,7 @@ class BalancedBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         streams = self._streams()
-        for k in range(len(self)):
+        for k in range(self.start_batch, len(self)):
             yield self.global_batch(k * self.world_size + self.rank, streams)
 
 

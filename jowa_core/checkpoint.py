@@ -1,0 +1,171 @@
+"""Checkpoint directories: safetensors weights + JSON metadata, written atomically.
+
+A *model checkpoint* is a directory with
+  ``checkpoint.json``   {"format": "jowa-checkpoint", "version": 1, "kind": "tokenizer" | "world_action",
+                         "config": <resolved model config>, ...extra}
+  ``model.safetensors`` the tensors (loaded without pickle).
+A *training checkpoint* adds ``optimizer.pt`` (loaded with ``weights_only=True``), ``rng.safetensors`` and
+``state.json``. A *run directory* holds ``checkpoints/step_XXXXXXXX/`` and ``checkpoints/latest`` (the name of
+the newest complete one). Every directory is written under a temporary name and renamed when complete, so a
+kill never leaves a half-written checkpoint behind a final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+FORMAT = "jowa-checkpoint"
+VERSION = 1
+META = "checkpoint.json"
+WEIGHTS = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or of the wrong kind; the message names the path."""
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces ``path`` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        if not overwrite:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(f"{path} already exists")
+        old = path.with_name(f".{path.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
+    """safetensors file of CPU, contiguous, unshared copies of ``tensors``."""
+    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(path))
+
+
+def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{path}: cannot read safetensors file ({e})") from None
+
+
+def write_model_files(directory: Path, kind: str, config: dict[str, Any], tensors: dict[str, torch.Tensor],
+                      **extra: Any) -> None:
+    """Write ``model.safetensors`` and ``checkpoint.json`` into an existing directory."""
+    save_tensors(directory / WEIGHTS, tensors)
+    write_json_atomic(directory / META, {"format": FORMAT, "version": VERSION, "kind": kind, "config": config,
+                                         **extra})
+
+
+def save_model(path: str | Path, kind: str, config: dict[str, Any], tensors: dict[str, torch.Tensor],
+               **extra: Any) -> Path:
+    """A model checkpoint directory at ``path`` (replaced atomically)."""
+    with atomic_dir(path) as tmp:
+        write_model_files(tmp, kind, config, tensors, **extra)
+    return Path(path)
+
+
+def resolve(path: str | Path, kind: str | None = None) -> Path:
+    """A checkpoint directory from a checkpoint directory or a run directory (its latest checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist")
+    if not (path / META).is_file():
+        latest = path / "checkpoints" / "latest"
+        if latest.is_file():
+            path = path / "checkpoints" / latest.read_text().strip()
+        elif (path / "final" / META).is_file():
+            path = path / "final"
+        else:
+            raise CheckpointError(f"{path}: not a checkpoint (no {META}) and not a run directory with checkpoints")
+    meta = read_meta(path)
+    if kind is not None and meta.get("kind") != kind:
+        raise CheckpointError(f"{path}: a {meta.get('kind')!r} checkpoint, expected {kind!r}")
+    return path
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        meta = read_json(path / META)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no {META}; is this a jowa checkpoint?") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path / META}: not valid JSON ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path / META}: not a jowa checkpoint")
+    if int(meta.get("version", 0)) > VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {meta['version']} is newer than this jowa ({VERSION})")
+    return meta
+
+
+def load_model(path: str | Path, kind: str | None = None,
+               device: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a model checkpoint (or of a run directory's latest checkpoint)."""
+    path = resolve(path, kind)
+    return read_meta(path), load_tensors(path / WEIGHTS, device)
+
+
+def mark_latest(run_dir: str | Path, name: str, keep: int = 3) -> None:
+    """Point ``checkpoints/latest`` at ``name`` and delete all but the newest ``keep`` step_* checkpoints."""
+    ckpts = Path(run_dir) / "checkpoints"
+    latest = ckpts / "latest"
+    tmp = ckpts / ".latest.tmp"
+    tmp.write_text(name + "\n")
+    os.replace(tmp, latest)
+    if keep > 0:
+        steps = sorted(p for p in ckpts.glob("step_*") if p.is_dir())
+        for old in steps[:-keep]:
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    latest = Path(run_dir) / "checkpoints" / "latest"
+    if not latest.is_file():
+        return None
+    path = latest.parent / latest.read_text().strip()
+    return path if (path / META).is_file() else None

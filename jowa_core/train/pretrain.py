@@ -1,0 +1,457 @@
+"""Two-stage JOWA pretraining (paper §4.3, Appendix E.1.1; reference §3), read top to bottom:
+
+stage 1 (``stage1_steps``): world loss only (eq. 8), world lr 1e-4, Q head frozen.
+stage 2 (``stage2_steps``): beta * L_world + L_action (eq. 9-10): C51 TD against a target Q head copied every
+``target_update_every`` steps + alpha * CQL; world lr 5e-5, Q lr 5e-5.
+
+Differences from the official code, on purpose (see docs/pretraining.md): the stage-2 world lr really is
+5e-5 (``train.lr_world_stage2=1e-4`` reproduces the official single-run behaviour); DDP gradients are
+synchronised by calling the wrapper; CQL's logsumexp runs over the game's valid actions
+(``train.cql_actions=all`` is the official behaviour); batches are balanced across games.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from jowa_core import checkpoint as ckpt
+from jowa_core.config import from_dict, save_yaml, to_dict
+from jowa_core.data.segments import make_loader
+from jowa_core.games import resolve as resolve_games
+from jowa_core.models.losses import cql_loss, expected_q, td_loss, world_losses
+from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, segment_tokens
+from jowa_core.progress import NullReporter
+from jowa_core.train import dist as jdist
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # a root of <Game>.zarr stores (or one store); usually given with --data
+    games: list[str] | None = None  # game or group names (atari15, ...); None = every store under path
+    seq_len: int = 8
+    stride: int = 4
+    observations: Literal["tokens", "frames"] = "tokens"  # tokens: the stores' obs_tokens (jowa tokenize)
+    tokenizer: str | None = None  # tokenizer checkpoint to encode frames on the fly (observations=frames)
+    num_workers: int = 2
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 512  # global; split evenly over ranks
+    stage1_steps: int = 250_000
+    stage2_steps: int = 1_500_000
+    lr_world_stage1: float = 1e-4
+    lr_world_stage2: float = 5e-5  # official single runs effectively keep 1e-4 (a bug)
+    lr_q: float = 5e-5
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float = 1.0
+    gamma: float = 0.99
+    world_weight_stage2: float = 0.1  # beta of eq. 10
+    cql_alpha: float = 0.1
+    cql_actions: Literal["valid", "all"] = "valid"  # all = the official code (logsumexp over 18 actions)
+    target_update_every: int = 1000
+    detach_q_input: bool = False  # sg(L_action) ablation: Q loss does not train the backbone
+    seed: int = 0
+    device: str = "auto"
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    compile: bool = False
+    log_every: int = 100
+    save_every: int = 5000
+    keep_checkpoints: int = 3
+    stop_after: int | None = None  # checkpoint and stop after this many steps (resume later)
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "jowa"
+
+
+@dataclass
+class PretrainConfig:
+    model: WorldActionConfig = field(default_factory=lambda: from_dict(WorldActionConfig, {"preset": "tiny"}))
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+METRICS = ["step", "stage", "epoch", "loss", "world_obs", "world_reward", "world_end", "td", "cql", "q_taken",
+           "q_max", "grad_norm", "lr_world", "lr_q", "tokens_per_s", "segments_per_s", "elapsed_s"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Loss
+
+
+def jowa_loss(model: nn.Module, batch: dict[str, Tensor], stage: int, cfg: TrainConfig,
+              support: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """The stage's total loss and its (detached) terms for one batch of segments.
+
+    ``model`` may be the DDP wrapper (its forward is what synchronises gradients).
+    """
+    obs_tokens, action = batch["obs_tokens"], batch["action"]  # (B, L, 36), (B, L)
+    tokens = segment_tokens(obs_tokens, action)  # (B, L*37)
+    heads = ("obs", "reward", "end", "q") if stage == 2 else ("obs", "reward", "end")
+    out = model(tokens, batch["game_id"], heads=heads, with_target=stage == 2, detach_q_input=cfg.detach_q_input)
+    w = world_losses(out.obs_logits, out.reward_logits, out.end_logits, obs_tokens, batch["reward"],
+                     batch["terminal"], batch["valid"])
+    world = w["obs"] + w["reward"] + w["end"]
+    terms = {"world_obs": w["obs"], "world_reward": w["reward"], "world_end": w["end"]}
+    if stage == 1:
+        return world, {**terms, "loss": world}
+    td = td_loss(out.q_logits, out.q_target_logits, action, batch["reward"], batch["terminal"], batch["valid"],
+                 batch["action_mask"], support, cfg.gamma)
+    mask = batch["action_mask"] if cfg.cql_actions == "valid" else None
+    cql = cql_loss(out.q_logits, action, batch["valid"], support, mask)
+    loss = cfg.world_weight_stage2 * world + td + cfg.cql_alpha * cql
+    with torch.no_grad():
+        q = expected_q(out.q_logits.float(), support)  # (B, L, A)
+        valid = batch["valid"]
+        q_taken = q.gather(-1, action[..., None])[..., 0][valid]
+        q_max = q.masked_fill(~batch["action_mask"][:, None], -math.inf).amax(-1)[valid]
+    return loss, {**terms, "td": td, "cql": cql, "loss": loss, "q_taken": q_taken.mean(), "q_max": q_max.mean()}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Optimiser
+
+
+def build_optimizer(model: WorldActionModel, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with the official groups: Linear weights decay; biases, LayerNorm and embeddings do not; the Q
+    head (all of it) decays at its own lr. The target head is not optimised."""
+    decay, no_decay, q_params = [], [], []
+    linear_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    for name, p in model.named_parameters():
+        if name.startswith("head_q_target."):
+            continue
+        if name.startswith("head_q."):
+            q_params.append(p)
+        elif id(p) in linear_weights:
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay, "name": "world_decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "world_no_decay"},
+        {"params": q_params, "weight_decay": cfg.weight_decay, "name": "q", "lr": cfg.lr_q},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr_world_stage1, betas=tuple(cfg.betas))
+
+
+def set_stage_lr(opt: torch.optim.Optimizer, stage: int, cfg: TrainConfig) -> None:
+    for g in opt.param_groups:
+        g["lr"] = cfg.lr_q if g["name"] == "q" else (cfg.lr_world_stage1 if stage == 1 else cfg.lr_world_stage2)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _rng_state(device: torch.device) -> dict[str, Tensor]:
+    state = {"torch_cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["torch_cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["torch_cpu"])
+    if device.type == "cuda" and "torch_cuda" in state:
+        torch.cuda.set_rng_state(state["torch_cuda"], device)
+
+
+def save_checkpoint(out: Path, model: WorldActionModel, opt: torch.optim.Optimizer, state: dict[str, Any],
+                    cfg: PretrainConfig, ctx: jdist.DistContext) -> Path:
+    """``out/checkpoints/step_XXXXXXXX``, complete or absent: every rank writes its RNG state into a hidden
+    directory, rank 0 adds the rest and renames it."""
+    name = f"step_{state['step']:08d}"
+    root = out / "checkpoints"
+    tmp, final = root / f".{name}.partial", root / name
+    if ctx.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    jdist.barrier(ctx)
+    ckpt.save_tensors(tmp / f"rng_rank{ctx.rank}.safetensors", _rng_state(ctx.device))
+    jdist.barrier(ctx)
+    if ctx.is_main:
+        ckpt.write_model_files(tmp, "world_action", to_dict(cfg.model), model.state_dict(),
+                               step=state["step"], stage=state["stage"], games=state.get("games"))
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        ckpt.write_json_atomic(tmp / "state.json", {**state, "world_size": ctx.world_size})
+        save_yaml(cfg, tmp / "config.yaml")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        ckpt.mark_latest(out, name, keep=cfg.train.keep_checkpoints)
+    jdist.barrier(ctx)
+    return final
+
+
+def load_checkpoint(path: Path, model: WorldActionModel, opt: torch.optim.Optimizer,
+                    ctx: jdist.DistContext) -> dict[str, Any]:
+    meta, tensors = ckpt.load_model(path, "world_action")
+    model.load_state_dict(tensors)
+    opt.load_state_dict(torch.load(path / "optimizer.pt", map_location=ctx.device, weights_only=True))
+    state = ckpt.read_json(path / "state.json")
+    if state.get("world_size", 1) != ctx.world_size:
+        raise ValueError(f"{path} was written by {state.get('world_size')} processes; resume with the same number "
+                         f"(now {ctx.world_size})")
+    _set_rng_state(ckpt.load_tensors(path / f"rng_rank{ctx.rank}.safetensors"), ctx.device)
+    return state
+
+
+# --------------------------------------------------------------------------------------------------------
+# Logging
+
+
+class MetricsLog:
+    """metrics.csv (+ TensorBoard, + wandb) on rank 0. On resume, rows after the checkpoint are dropped."""
+
+    def __init__(self, out: Path, cfg: PretrainConfig, start_step: int, enabled: bool):
+        self.enabled = enabled
+        self.tb = self.wandb = None
+        if not enabled:
+            return
+        self.path = out / "metrics.csv"
+        rows = []
+        if self.path.exists() and start_step > 0:
+            with open(self.path) as f:
+                rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= start_step]
+        with open(self.path, "w", newline="") as f:
+            w = csv.DictWriter(f, METRICS)
+            w.writeheader()
+            w.writerows(rows)
+        if cfg.train.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out / "tb"), purge_step=start_step + 1 if start_step else None)
+            except ImportError:
+                self.tb = None
+        if cfg.train.wandb:
+            import wandb  # optional extra: pip install jowa[wandb]
+
+            self.wandb = wandb.init(project=cfg.train.wandb_project, config=to_dict(cfg), dir=str(out),
+                                    resume="allow")
+
+    def write(self, row: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, METRICS).writerow({k: row.get(k, "") for k in METRICS})
+        step = int(row["step"])
+        if self.tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "epoch"):
+                    self.tb.add_scalar(f"pretrain/{k}", v, step)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(row, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Training
+
+
+def _to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _encode_frames(tokenizer: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Replace ``obs`` (B, L, 84, 84) uint8 frames by ``obs_tokens`` (B, L, 36) from a frozen tokenizer."""
+    obs = batch.pop("obs")
+    B, L = obs.shape[:2]
+    with torch.no_grad():
+        batch["obs_tokens"] = tokenizer.encode(obs.reshape(B * L, *obs.shape[2:])).view(B, L, -1)
+    return batch
+
+
+def _prepare_out(out: Path, resume: bool, ctx: jdist.DistContext) -> Path | None:
+    """The checkpoint to resume from (None: fresh run). A fresh run needs an empty or missing ``out``."""
+    latest = ckpt.latest_checkpoint(out)
+    if resume:
+        return latest
+    if ctx.is_main and out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty: pass --resume to continue that run, or choose another --out")
+    return None
+
+
+def pretrain(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, reporter=None) -> dict[str, Any]:
+    """Run (or resume) pretraining into the run directory ``out``; returns a summary dict."""
+    reporter = reporter or NullReporter()
+    tcfg, dcfg = cfg.train, cfg.data
+    out = Path(out)
+    ctx = jdist.setup(tcfg.device)
+    try:
+        return _pretrain(cfg, tcfg, dcfg, out, resume, reporter, ctx)
+    finally:
+        jdist.teardown(ctx)
+
+
+def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Path, resume: bool, reporter,
+              ctx: jdist.DistContext) -> dict[str, Any]:
+    if not dcfg.path:
+        raise ValueError("no data: pass --data (a folder of <Game>.zarr stores) or set data.path")
+    if tcfg.batch_size % ctx.world_size:
+        raise ValueError(f"train.batch_size {tcfg.batch_size} is not divisible by {ctx.world_size} processes")
+    total_steps = tcfg.stage1_steps + tcfg.stage2_steps
+    if total_steps < 1:
+        raise ValueError("train.stage1_steps + train.stage2_steps must be >= 1")
+    resume_from = _prepare_out(out, resume, ctx)
+    jdist.barrier(ctx)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, out / "config.yaml")
+
+    games = resolve_games(dcfg.games) if dcfg.games else None
+    loader = make_loader(dcfg.path, tcfg.batch_size // ctx.world_size, seq_len=dcfg.seq_len, stride=dcfg.stride,
+                         seed=tcfg.seed, num_workers=dcfg.num_workers, rank=ctx.rank, world_size=ctx.world_size,
+                         observations="tokens" if dcfg.observations == "tokens" else "frames", games=games,
+                         pin_memory=ctx.device.type == "cuda")
+    dataset = loader.dataset
+    tokenizer = None
+    if dcfg.observations == "frames":
+        if not dcfg.tokenizer:
+            raise ValueError("data.observations=frames needs data.tokenizer (a tokenizer checkpoint)")
+        from jowa_core.models.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(dcfg.tokenizer, device=ctx.device).eval().requires_grad_(False)
+        vocab = tokenizer.cfg.vocab_size
+    else:
+        vocab = _store_vocab(dataset.paths)
+    if vocab is not None and vocab != cfg.model.obs_vocab:
+        raise ValueError(f"the observation tokens come from a tokenizer with vocab {vocab}, but model.obs_vocab is "
+                         f"{cfg.model.obs_vocab}; set model.obs_vocab={vocab}")
+
+    torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
+    model = WorldActionModel(cfg.model).to(ctx.device)
+    opt = build_optimizer(model, tcfg)
+    state: dict[str, Any] = {"step": 0, "stage": 1, "epoch": 0, "batch_in_epoch": 0, "games": dataset.games}
+    if resume_from is not None:
+        state.update(load_checkpoint(resume_from, model, opt, ctx))
+        reporter.log(f"resuming from {resume_from} at step {state['step']}")
+    else:
+        torch.manual_seed(tcfg.seed * 1_000_003 + ctx.rank)  # dropout streams differ per rank
+    support = model.support
+    use_amp = ctx.device.type == "cuda" and tcfg.amp != "off" or tcfg.amp == "bf16"
+    autocast = (lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
+
+    wrapped: nn.Module = model
+    current_stage = 0
+
+    def enter_stage(stage: int, fresh: bool) -> nn.Module:
+        """Freeze/unfreeze the Q head, set learning rates and (re)build the DDP wrapper for the stage."""
+        if stage == 2 and fresh:
+            model.update_target()
+        model.head_q.requires_grad_(stage == 2)
+        set_stage_lr(opt, stage, tcfg)
+        net: nn.Module = model
+        if tcfg.compile:
+            net = torch.compile(net)
+        if ctx.distributed:
+            net = DistributedDataParallel(net, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
+        return net
+
+    log = MetricsLog(out, cfg, state["step"], ctx.is_main)
+    task = reporter.task("pretrain", total=total_steps, unit="steps")
+    reporter.advance(task, state["step"])
+    sums: dict[str, float] = {}
+    n_sum, t_last, t0 = 0, time.perf_counter(), time.perf_counter()
+    tokens_per_batch = tcfg.batch_size * dcfg.seq_len * cfg.model.tokens_per_step
+    sampler = loader.batch_sampler
+    stop_at = min(total_steps, tcfg.stop_after) if tcfg.stop_after else total_steps
+    step = state["step"]
+    model.train()
+    while step < stop_at:
+        sampler.set_epoch(state["epoch"], state["batch_in_epoch"])
+        for batch in loader:
+            stage = 1 if step < tcfg.stage1_steps else 2
+            if stage != current_stage:
+                wrapped = enter_stage(stage, fresh=(step == tcfg.stage1_steps) or current_stage == 1)
+                current_stage = stage
+            batch = _to_device(batch, ctx.device)
+            if tokenizer is not None:
+                batch = _encode_frames(tokenizer, batch)
+            with autocast():
+                loss, terms = jowa_loss(wrapped, batch, stage, tcfg, support)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                       tcfg.grad_clip)
+            opt.step()
+            step += 1
+            state.update(step=step, stage=stage, batch_in_epoch=state["batch_in_epoch"] + 1)
+            if step % tcfg.target_update_every == 0:
+                model.update_target()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
+            n_sum += 1
+            reporter.advance(task)
+            if step % tcfg.log_every == 0 or step == stop_at:
+                now = time.perf_counter()
+                row = jdist.mean_across_ranks({k: v / n_sum for k, v in sums.items()}, ctx)
+                rate = n_sum / max(now - t_last, 1e-9)
+                lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+                row.update(step=step, stage=stage, epoch=state["epoch"], lr_world=lrs["world_decay"], lr_q=lrs["q"],
+                           tokens_per_s=rate * tokens_per_batch, segments_per_s=rate * tcfg.batch_size,
+                           elapsed_s=now - t0)
+                log.write(row)
+                if ctx.is_main:
+                    reporter.log(_format_row(row))
+                sums, n_sum, t_last = {}, 0, time.perf_counter()
+            if step % tcfg.save_every == 0 or step == stop_at:
+                save_checkpoint(out, model, opt, state, cfg, ctx)
+            if step >= stop_at:
+                break
+        else:
+            state.update(epoch=state["epoch"] + 1, batch_in_epoch=0)
+    log.close()
+    if ctx.is_main and step >= total_steps:
+        latest = ckpt.latest_checkpoint(out)
+        final = out / "final"
+        with ckpt.atomic_dir(final) as tmp:
+            ckpt.write_model_files(tmp, "world_action", to_dict(cfg.model), model.state_dict(), step=step,
+                                   stage=state["stage"], games=dataset.games)
+        reporter.log(f"final model: {final} (training checkpoint {latest})")
+    return {"out": str(out), "step": step, "finished": step >= total_steps, "stage": state["stage"],
+            "games": dataset.games, "world_size": ctx.world_size,
+            "trainable_parameters": model.num_trainable_parameters()}
+
+
+def _format_row(row: dict[str, float]) -> str:
+    keys = ["loss", "world_obs", "world_reward", "world_end", "td", "cql", "q_taken", "grad_norm"]
+    parts = [f"step {int(row['step'])} (stage {int(row['stage'])})"]
+    parts += [f"{k} {row[k]:.4f}" for k in keys if k in row]
+    parts.append(f"{row['tokens_per_s']:.0f} tok/s")
+    return " ".join(parts)
+
+
+def _store_vocab(paths: list[Path]) -> int | None:
+    """The tokenizer vocab recorded with the stores' obs_tokens (None when not recorded)."""
+    import zarr
+
+    vocabs = set()
+    for p in paths:
+        attrs = dict(zarr.open_group(str(p), mode="r", zarr_format=3)["obs_tokens"].attrs)
+        v = (attrs.get("tokenizer_config") or {}).get("vocab_size")
+        if v is not None:
+            vocabs.add(int(v))
+    if len(vocabs) > 1:
+        raise ValueError(f"the stores were tokenized with different vocab sizes {sorted(vocabs)}")
+    return vocabs.pop() if vocabs else None
