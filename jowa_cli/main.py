@@ -12,11 +12,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-from jowa_cli import bench_cmd, collect_cmd, data_cmd, demo_cmd, pretrain_cmd  # noqa: E402
+from jowa_cli import bench_cmd, collect_cmd, data_cmd, demo_cmd, import_cmd, pretrain_cmd, tokenizer_cmd  # noqa: E402
 
 app.command("prepare-data", help=data_cmd.prepare_data.__doc__.splitlines()[0])(data_cmd.prepare_data)
 app.command("collect", help=collect_cmd.collect.__doc__.splitlines()[0])(collect_cmd.collect)
+app.command("train-tokenizer", help=tokenizer_cmd.train_tokenizer.__doc__.splitlines()[0])(
+    tokenizer_cmd.train_tokenizer
+)
+app.command("tokenize", help=tokenizer_cmd.tokenize.__doc__.splitlines()[0])(tokenizer_cmd.tokenize)
 app.command("pretrain", help=pretrain_cmd.pretrain.__doc__.splitlines()[0])(pretrain_cmd.pretrain)
+app.command("import-official", help=import_cmd.import_official.__doc__.splitlines()[0])(
+    import_cmd.import_official
+)
 app.command("demo", help=demo_cmd.demo.__doc__.splitlines()[0])(demo_cmd.demo)
 app.add_typer(bench_cmd.app, name="bench", help="Benchmarks: data conversion and loading throughput.")
 

@@ -102,7 +102,7 @@ def _build(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     data = dict(data)
     presets = getattr(cls, "PRESETS", None)
     base: dict[str, Any] = {}
-    if "preset" in data and presets is not None:
+    if "preset" in data and presets is not None and data["preset"] != "custom":  # custom: no preset values
         name = data["preset"]
         if name not in presets:
             raise ConfigError(f"{where or cls.__name__}.preset: unknown preset {name!r}; choose from {sorted(presets)}")

@@ -464,6 +464,8 @@ def make_loader(
     return DataLoader(
         dataset,
         batch_sampler=sampler,
+        # its own generator: starting an iteration must not draw from the global RNG (exact resume)
+        generator=torch.Generator().manual_seed(seed),
         num_workers=num_workers,
         collate_fn=_identity,
         pin_memory=pin_memory,

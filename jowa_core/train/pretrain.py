@@ -13,6 +13,7 @@ synchronised by calling the wrapper; CQL's logsumexp runs over the game's valid 
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 import os
 import shutil
@@ -313,10 +314,6 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
     if total_steps < 1:
         raise ValueError("train.stage1_steps + train.stage2_steps must be >= 1")
     resume_from = _prepare_out(out, resume, ctx)
-    jdist.barrier(ctx)
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, out / "config.yaml")
 
     games = resolve_games(dcfg.games) if dcfg.games else None
     loader = make_loader(dcfg.path, tcfg.batch_size // ctx.world_size, seq_len=dcfg.seq_len, stride=dcfg.stride,
@@ -338,6 +335,10 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
         raise ValueError(f"the observation tokens come from a tokenizer with vocab {vocab}, but model.obs_vocab is "
                          f"{cfg.model.obs_vocab}; set model.obs_vocab={vocab}")
 
+    jdist.barrier(ctx)
+    if ctx.is_main:  # only now that the data and config are known to be usable
+        out.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, out / "config.yaml")
     torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
     model = WorldActionModel(cfg.model).to(ctx.device)
     opt = build_optimizer(model, tcfg)
@@ -399,7 +400,7 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
             if step % tcfg.target_update_every == 0:
                 model.update_target()
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
             sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
             n_sum += 1
             reporter.advance(task)
@@ -431,7 +432,16 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
         reporter.log(f"final model: {final} (training checkpoint {latest})")
     return {"out": str(out), "step": step, "finished": step >= total_steps, "stage": state["stage"],
             "games": dataset.games, "world_size": ctx.world_size,
-            "trainable_parameters": model.num_trainable_parameters()}
+            "trainable_parameters": model.num_trainable_parameters(), "param_fingerprint": param_fingerprint(model)}
+
+
+def param_fingerprint(model: nn.Module) -> str:
+    """sha256 of every parameter and buffer, in state_dict order (compare runs and ranks exactly)."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _format_row(row: dict[str, float]) -> str:
