@@ -227,3 +227,34 @@ def test_torchrun_two_cpu_processes_keep_parameters_identical(data, tmp_path, ne
         assert s0["param_fingerprint"] == s1["param_fingerprint"]
         model, _ = load_world_action(out / "final")
         assert param_fingerprint(model) == s0["param_fingerprint"]
+
+
+def test_joint_stage1_tokenizer_training_and_exact_resume(data, tmp_path):
+    from jowa_core.models.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer, save_tokenizer
+
+    torch.manual_seed(0)
+    tok = Tokenizer(from_dict(TokenizerConfig, {"ch": 8, "num_res_blocks": 1, "embed_dim": 16, "z_channels": 16,
+                                                "vocab_size": VOCAB}))
+    save_tokenizer(tok, tmp_path / "tok0")
+
+    def cfg(**kw):
+        c = config(data, stage1_steps=3, stage2_steps=2, save_every=100, log_every=1, tokenizer_training="joint_stage1",
+                   tokenizer_batch_size=8, **kw)
+        c.data.observations, c.data.tokenizer = "frames", str(tmp_path / "tok0")
+        return c
+
+    full = pretrain(cfg(), tmp_path / "full")
+    rows = metrics(tmp_path / "full")
+    assert all(r["tokenizer_total"] != "" for r in rows if r["stage"] == "1")
+    assert all(r["tokenizer_total"] == "" for r in rows if r["stage"] == "2")
+    trained = load_tokenizer(tmp_path / "full" / "final_tokenizer")
+    assert not torch.equal(trained.encoder.conv_in.weight, tok.encoder.conv_in.weight)
+    pretrain(cfg(stop_after=2), tmp_path / "part")
+    assert (ckpt.latest_checkpoint(tmp_path / "part") / "tokenizer.safetensors").is_file()
+    resumed = pretrain(cfg(), tmp_path / "part", resume=True)
+    assert resumed["param_fingerprint"] == full["param_fingerprint"]
+    again = load_tokenizer(tmp_path / "part" / "final_tokenizer")
+    for a, b in zip(trained.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="observations=frames"):
+        pretrain(config(data, tokenizer_training="joint_stage1"), tmp_path / "bad")

@@ -110,6 +110,17 @@ def test_kv_cache_decoding_equals_full_forward(num_q):
         model(tokens[:, :1], task, cache=cache)
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "manual"])
+def test_attention_backends_agree_with_and_without_cache(backend):
+    ref = tiny(attention="sdpa").eval()
+    model = tiny(attention=backend).eval()
+    tokens, task = torch.randint(0, 18, (2, 120)), torch.tensor([1, 2])
+    full = ref(tokens, task)
+    cache = model.new_cache(2)
+    a, b = model(tokens[:, :50], task, cache=cache), model(tokens[:, 50:], task, cache=cache)
+    assert torch.allclose(torch.cat([a.obs_logits, b.obs_logits], 1), full.obs_logits, atol=1e-5)
+
+
 def test_kv_cache_fork_gathers_rows():
     model = tiny().eval()
     tokens = torch.randint(0, 18, (3, 74))

@@ -7,6 +7,7 @@ causal mask is bottom-right aligned from flash-attn 2.1 on, which is what cached
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -67,7 +68,10 @@ class KVCache:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head causal self-attention; separate query/key/value projections (official names)."""
+    """Multi-head causal self-attention; separate query/key/value projections (official names).
+
+    ``backend``: auto (flash-attn when usable, else SDPA) | sdpa | flash | manual (explicit softmax).
+    """
 
     def __init__(self, embed_dim: int, num_heads: int, attn_pdrop: float, resid_pdrop: float,
                  backend: str = "auto"):
@@ -99,7 +103,12 @@ class SelfAttention(nn.Module):
             k, v = cache.write(layer, k, v)  # (B, h, start+T, d)
             k, v = k.to(q.dtype), v.to(q.dtype)
         dropout = self.attn_pdrop if self.training else 0.0
-        if self._use_flash(q):
+        if self.backend == "manual":  # explicit softmax(QK^T/sqrt(d)) as the official fallback; a baseline
+            allowed = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.shape[-1]))
+            att = F.dropout(att.masked_fill(~allowed, float("-inf")).softmax(-1), dropout, self.training)
+            y = att @ v
+        elif self._use_flash(q):
             y = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout,
                                 causal=True).transpose(1, 2)
         elif start == 0:

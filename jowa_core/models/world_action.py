@@ -51,7 +51,7 @@ class WorldActionConfig:
     num_atoms: int = 51
     v_min: float = -10.0
     v_max: float = 30.0
-    attention: str = "auto"  # auto (flash-attn when usable, else SDPA) | sdpa | flash
+    attention: str = "auto"  # auto (flash-attn when usable, else SDPA) | sdpa | flash | manual
 
     PRESETS: ClassVar[dict[str, dict]] = {
         "tiny": dict(num_layers=2, embed_dim=64, num_heads=4, q_mlp_dim=64, num_q=1),

@@ -65,6 +65,10 @@ class TrainConfig:
     cql_actions: Literal["valid", "all"] = "valid"  # all = the official code (logsumexp over 18 actions)
     target_update_every: int = 1000
     detach_q_input: bool = False  # sg(L_action) ablation: Q loss does not train the backbone
+    tokenizer_training: Literal["frozen", "joint_stage1"] = "frozen"  # joint_stage1: the official schedule
+    tokenizer_lr: float = 1e-4  # Adam, joint_stage1 only
+    tokenizer_batch_size: int = 2048  # frames per step (global), drawn with replacement from the batch's frames
+    perceptual_weights: str | None = None  # LPIPS weights for the joint tokenizer loss (docs/tokenizer.md)
     seed: int = 0
     device: str = "auto"
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
@@ -86,7 +90,8 @@ class PretrainConfig:
 
 
 METRICS = ["step", "stage", "epoch", "loss", "world_obs", "world_reward", "world_end", "td", "cql", "q_taken",
-           "q_max", "grad_norm", "lr_world", "lr_q", "tokens_per_s", "segments_per_s", "elapsed_s"]
+           "q_max", "grad_norm", "lr_world", "lr_q", "tokens_per_s", "segments_per_s", "elapsed_s",
+           "tokenizer_total", "tokenizer_reconstruction", "tokenizer_commitment", "tokenizer_perceptual"]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -171,7 +176,7 @@ def _set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
 
 
 def save_checkpoint(out: Path, model: WorldActionModel, opt: torch.optim.Optimizer, state: dict[str, Any],
-                    cfg: PretrainConfig, ctx: jdist.DistContext) -> Path:
+                    cfg: PretrainConfig, ctx: jdist.DistContext, joint_tok: JointTokenizer | None = None) -> Path:
     """``out/checkpoints/step_XXXXXXXX``, complete or absent: every rank writes its RNG state into a hidden
     directory, rank 0 adds the rest and renames it."""
     name = f"step_{state['step']:08d}"
@@ -189,6 +194,8 @@ def save_checkpoint(out: Path, model: WorldActionModel, opt: torch.optim.Optimiz
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         ckpt.write_json_atomic(tmp / "state.json", {**state, "world_size": ctx.world_size})
         save_yaml(cfg, tmp / "config.yaml")
+        if joint_tok is not None:
+            joint_tok.save(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -208,6 +215,52 @@ def load_checkpoint(path: Path, model: WorldActionModel, opt: torch.optim.Optimi
                          f"(now {ctx.world_size})")
     _set_rng_state(ckpt.load_tensors(path / f"rng_rank{ctx.rank}.safetensors"), ctx.device)
     return state
+
+
+class JointTokenizer:
+    """The official schedule's tokenizer training during stage 1: each step, Adam on the VQ-VAE loss of
+    ``tokenizer_batch_size`` frames drawn with replacement from the batch's valid frames; the world model
+    then tokenises with the updated tokenizer (no gradient). Gradients are averaged over ranks explicitly
+    (the loss is not the module's forward, so DDP hooks would not see it)."""
+
+    def __init__(self, tokenizer: nn.Module, cfg: TrainConfig, ctx: jdist.DistContext):
+        self.tok, self.cfg, self.ctx = tokenizer, cfg, ctx
+        self.opt = torch.optim.Adam(tokenizer.parameters(), lr=cfg.tokenizer_lr)
+        self.perceptual = None
+        if cfg.perceptual_weights:
+            from jowa_core.models.lpips import load_lpips
+
+            self.perceptual = load_lpips(cfg.perceptual_weights, device=ctx.device)
+
+    def step(self, frames: Tensor, valid: Tensor) -> dict[str, Tensor]:
+        import torch.distributed as dist
+
+        pool = frames[valid]  # (N, 84, 84) uint8
+        idx = torch.randint(0, len(pool), (self.cfg.tokenizer_batch_size // self.ctx.world_size,),
+                            device=pool.device)
+        self.tok.train().requires_grad_(True)
+        losses = self.tok.compute_loss(pool[idx], self.perceptual)
+        self.opt.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        if self.ctx.distributed:
+            for p in self.tok.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.ctx.world_size
+        torch.nn.utils.clip_grad_norm_(self.tok.parameters(), 1.0)
+        self.opt.step()
+        self.tok.eval().requires_grad_(False)
+        return {f"tokenizer_{k}": v.detach() for k, v in losses.items()}
+
+    def save(self, directory: Path) -> None:
+        ckpt.save_tensors(directory / "tokenizer.safetensors", self.tok.state_dict())
+        ckpt.write_json_atomic(directory / "tokenizer_config.json", to_dict(self.tok.cfg))
+        torch.save(self.opt.state_dict(), directory / "tokenizer_optimizer.pt")
+
+    def load(self, directory: Path) -> None:
+        self.tok.load_state_dict(ckpt.load_tensors(directory / "tokenizer.safetensors", self.ctx.device))
+        self.opt.load_state_dict(torch.load(directory / "tokenizer_optimizer.pt", map_location=self.ctx.device,
+                                            weights_only=True))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -322,12 +375,22 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
                          pin_memory=ctx.device.type == "cuda")
     dataset = loader.dataset
     tokenizer = None
+    joint = tcfg.tokenizer_training == "joint_stage1"
+    if joint and dcfg.observations != "frames":
+        raise ValueError("train.tokenizer_training=joint_stage1 needs data.observations=frames")
+    if joint and tcfg.tokenizer_batch_size % ctx.world_size:
+        raise ValueError(f"train.tokenizer_batch_size is not divisible by {ctx.world_size} processes")
     if dcfg.observations == "frames":
-        if not dcfg.tokenizer:
-            raise ValueError("data.observations=frames needs data.tokenizer (a tokenizer checkpoint)")
-        from jowa_core.models.tokenizer import load_tokenizer
+        from jowa_core.models.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer
 
-        tokenizer = load_tokenizer(dcfg.tokenizer, device=ctx.device).eval().requires_grad_(False)
+        if dcfg.tokenizer:
+            tokenizer = load_tokenizer(dcfg.tokenizer, device=ctx.device)
+        elif joint:  # trained from scratch in stage 1, as the official code
+            torch.manual_seed(tcfg.seed)
+            tokenizer = Tokenizer(TokenizerConfig(vocab_size=cfg.model.obs_vocab)).to(ctx.device)
+        else:
+            raise ValueError("data.observations=frames needs data.tokenizer (a tokenizer checkpoint)")
+        tokenizer.eval().requires_grad_(False)
         vocab = tokenizer.cfg.vocab_size
     else:
         vocab = _store_vocab(dataset.paths)
@@ -342,9 +405,12 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
     torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
     model = WorldActionModel(cfg.model).to(ctx.device)
     opt = build_optimizer(model, tcfg)
+    joint_tok = JointTokenizer(tokenizer, tcfg, ctx) if joint else None
     state: dict[str, Any] = {"step": 0, "stage": 1, "epoch": 0, "batch_in_epoch": 0, "games": dataset.games}
     if resume_from is not None:
         state.update(load_checkpoint(resume_from, model, opt, ctx))
+        if joint_tok is not None:
+            joint_tok.load(resume_from)
         reporter.log(f"resuming from {resume_from} at step {state['step']}")
     else:
         torch.manual_seed(tcfg.seed * 1_000_003 + ctx.rank)  # dropout streams differ per rank
@@ -386,6 +452,9 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
                 wrapped = enter_stage(stage, fresh=(step == tcfg.stage1_steps) or current_stage == 1)
                 current_stage = stage
             batch = _to_device(batch, ctx.device)
+            if joint_tok is not None and stage == 1:
+                with autocast():
+                    terms_tok = joint_tok.step(batch["obs"], batch["valid"])
             if tokenizer is not None:
                 batch = _encode_frames(tokenizer, batch)
             with autocast():
@@ -399,6 +468,8 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
             state.update(step=step, stage=stage, batch_in_epoch=state["batch_in_epoch"] + 1)
             if step % tcfg.target_update_every == 0:
                 model.update_target()
+            if joint_tok is not None and stage == 1:
+                terms = {**terms, **terms_tok}
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
@@ -417,7 +488,7 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
                     reporter.log(_format_row(row))
                 sums, n_sum, t_last = {}, 0, time.perf_counter()
             if step % tcfg.save_every == 0 or step == stop_at:
-                save_checkpoint(out, model, opt, state, cfg, ctx)
+                save_checkpoint(out, model, opt, state, cfg, ctx, joint_tok)
             if step >= stop_at:
                 break
         else:
@@ -429,6 +500,10 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
         with ckpt.atomic_dir(final) as tmp:
             ckpt.write_model_files(tmp, "world_action", to_dict(cfg.model), model.state_dict(), step=step,
                                    stage=state["stage"], games=dataset.games)
+        if joint_tok is not None:
+            from jowa_core.models.tokenizer import save_tokenizer
+
+            save_tokenizer(tokenizer, out / "final_tokenizer", step=step)
         reporter.log(f"final model: {final} (training checkpoint {latest})")
     return {"out": str(out), "step": step, "finished": step >= total_steps, "stage": state["stage"],
             "games": dataset.games, "world_size": ctx.world_size,
