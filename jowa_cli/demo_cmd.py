@@ -13,13 +13,16 @@ from jowa_core.progress import make_reporter
 @handle_errors
 def demo(
     out: Annotated[str, typer.Option(help="Folder for everything the demo makes.")] = "demo",
-    steps: Annotated[int, typer.Option(help="Emulator steps collected per game.")] = 12_000,
+    steps: Annotated[int, typer.Option(help="Emulator steps collected per game.")] = 8_000,
+    tokenizer_steps: Annotated[int, typer.Option(help="Tokenizer training steps.")] = 250,
+    pretrain_steps: Annotated[int, typer.Option(help="Pretraining steps per stage.")] = 250,
     json_out: Annotated[str, typer.Option("--json", help="Write the summary as JSON here ('-' for stdout).")] = "",
 ) -> None:
     """Run every stage that exists end to end on built-in defaults (no downloads).
 
-    Collects random-policy Atari data in DQN-Replay format, converts it to Zarr stores and draws
-    game-balanced training segments. Writes <out>/summary.json.
+    Collects random-policy Atari data in DQN-Replay format, converts it to Zarr stores, draws game-balanced
+    training segments, trains a demo-sized tokenizer, tokenizes the stores and pretrains a tiny world-action
+    model in both stages. Re-running continues where it stopped. Writes <out>/summary.json.
     """
     from rich.console import Console
     from rich.table import Table
@@ -28,7 +31,8 @@ def demo(
 
     reporter = make_reporter()
     try:
-        summary = run_demo(out, steps=steps, reporter=reporter)
+        summary = run_demo(out, steps=steps, reporter=reporter, tokenizer_steps=tokenizer_steps,
+                           pretrain_steps=(pretrain_steps, pretrain_steps))
     finally:
         reporter.close()
     table = Table(title="jowa demo")
@@ -38,5 +42,11 @@ def demo(
         table.add_row(g["game"], str(g["steps"]), str(g["episodes"]), f"{g['mean_clipped_return']:.2f}",
                       str(g["segments_in_20_batches"]))
     Console().print(table)
+    tm, pm = summary["tokenizer"]["metrics"] or {}, summary["pretrain"]
+    Console().print(f"tokenizer: {summary['tokenizer']['final']}  " + "  ".join(
+        f"{k} {float(v):.4f}" for k, v in tm.items() if k in ("total", "reconstruction", "heldout_l1")))
+    Console().print(f"pretrain: {pm['final']}  obs-token loss {pm['world_obs_loss'][0]:.3f} -> "
+                    f"{pm['world_obs_loss'][1]:.3f}" + (f", TD loss {pm['td_loss'][0]:.3f} -> {pm['td_loss'][1]:.3f}"
+                                                       if pm["td_loss"] else ""))
     Console().print({k: round(v, 1) for k, v in summary["timings"].items()})
     emit_json(summary, json_out or None)

@@ -25,7 +25,7 @@ app.command("import-official", help=import_cmd.import_official.__doc__.splitline
     import_cmd.import_official
 )
 app.command("demo", help=demo_cmd.demo.__doc__.splitlines()[0])(demo_cmd.demo)
-app.add_typer(bench_cmd.app, name="bench", help="Benchmarks: data conversion and loading throughput.")
+app.add_typer(bench_cmd.app, name="bench", help="Benchmarks: data conversion and loading, training throughput and MFU.")
 
 if __name__ == "__main__":
     app()

@@ -1,12 +1,15 @@
 """`make demo` / `jowa demo`: every stage that exists, end to end, on an embedded default, no downloads.
 
 Stages so far: emulator data in DQN-Replay format (collect) → Zarr stores (prepare-data) → game-balanced
-training segments (segment loader). Later stages (tokenizer, pretraining, evaluation with planning,
-report) join here as they land. Sized to finish in a few minutes on 2 CPU cores.
+training segments (segment loader) → VQ-VAE tokenizer (train-tokenizer) → obs_tokens (tokenize) → two-stage
+pretraining of a tiny world-action model (pretrain). Later stages (evaluation with planning, report) join
+here as they land. Sized to finish in a few minutes on 2 CPU cores: the models are far smaller than the
+paper's and the learning rates larger (10x), so that losses visibly fall in a few hundred steps.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from pathlib import Path
@@ -14,36 +17,54 @@ from typing import Any
 
 import numpy as np
 
+from jowa_core.config import from_dict
 from jowa_core.progress import Reporter, make_reporter
 
 DEMO_GAMES = ("Pong", "SpaceInvaders")
 
 
+# Demo-sized models: a 46k-parameter tokenizer (512 codes) and the tiny world-action preset.
+DEMO_TOKENIZER = {
+    "model": {"ch": 8, "num_res_blocks": 1, "embed_dim": 32, "z_channels": 32, "vocab_size": 512},
+    "batch_size": 32, "lr": 1e-3, "log_every": 25, "save_every": 125, "grid_every": 125, "heldout_frames": 32,
+    "grid_frames": 8, "num_workers": 0,
+}
+DEMO_PRETRAIN = {
+    "model": {"preset": "tiny", "obs_vocab": 512},
+    "data": {"num_workers": 0},
+    "train": {"batch_size": 16, "lr_world_stage1": 1e-3, "lr_world_stage2": 5e-4, "lr_q": 5e-4,
+              "target_update_every": 50, "log_every": 25, "save_every": 125, "tensorboard": True},
+}
+
+
 def run_demo(out: str | Path, steps: int = 12_000, capacity: int = 4_000, reporter: Reporter | None = None,
-             seed: int = 0) -> dict[str, Any]:
+             seed: int = 0, tokenizer_steps: int = 250, pretrain_steps: tuple[int, int] = (250, 250)) -> dict[str, Any]:
     from jowa_core.data.collect import collect
     from jowa_core.data.convert import PrepareOptions, prepare_data
     from jowa_core.data.segments import make_loader
     from jowa_core.data.store import open_store
+    from jowa_core.data.tokenize import tokenize_stores
+    from jowa_core.train.pretrain import PretrainConfig, pretrain
+    from jowa_core.train.tokenizer import TokenizerTrainConfig, train_tokenizer
 
     reporter = reporter or make_reporter()
     out = Path(out)
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    reporter.log(f"[1/3] collect: random policy, {steps} steps per game, DQN-Replay logs (capacity {capacity})")
+    reporter.log(f"[1/6] collect: random policy, {steps} steps per game, DQN-Replay logs (capacity {capacity})")
     collected = collect(list(DEMO_GAMES), [1], out / "raw", num_steps=steps, capacity=capacity, seed=seed,
                         workers=2, reporter=reporter)
     timings["collect_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    reporter.log("[2/3] prepare-data: logs → Zarr stores")
+    reporter.log("[2/6] prepare-data: logs → Zarr stores")
     stores = prepare_data(PrepareOptions(source=str(out / "raw"), out=str(out / "data"), games=list(DEMO_GAMES),
                                          seed=seed, workers=2), reporter)
     timings["prepare_data_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    reporter.log("[3/3] segment loader: game-balanced batches of 8-step segments")
+    reporter.log("[3/6] segment loader: game-balanced batches of 8-step segments")
     loader = make_loader(out / "data", batch_size=64, seed=seed)
     counts: dict[int, int] = {}
     for n_batches, batch in enumerate(loader, start=1):
@@ -54,6 +75,37 @@ def run_demo(out: str | Path, steps: int = 12_000, capacity: int = 4_000, report
             break
     timings["loader_s"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    reporter.log(f"[4/6] train-tokenizer: {tokenizer_steps} steps of a demo-sized VQ-VAE")
+    tok_cfg = from_dict(TokenizerTrainConfig, {**DEMO_TOKENIZER, "steps": tokenizer_steps, "seed": seed})
+    tok_summary = train_tokenizer(tok_cfg, out / "data", out / "tokenizer", resume=True, reporter=reporter)
+    timings["train_tokenizer_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    reporter.log("[5/6] tokenize: every frame -> 36 tokens, stored as obs_tokens")
+    tokenize_stores(out / "data", out / "tokenizer", batch_size=512, device="cpu", reporter=reporter)
+    timings["tokenize_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    s1, s2 = pretrain_steps
+    reporter.log(f"[6/6] pretrain: tiny world-action model, stage 1 {s1} steps, stage 2 {s2} steps")
+    pre_cfg = from_dict(PretrainConfig, {**DEMO_PRETRAIN, "data": {**DEMO_PRETRAIN["data"], "path": str(out / "data")},
+                                         "train": {**DEMO_PRETRAIN["train"], "stage1_steps": s1, "stage2_steps": s2,
+                                                   "seed": seed}})
+    pre_summary = pretrain(pre_cfg, out / "pretrain", resume=True, reporter=reporter)
+    timings["pretrain_s"] = time.perf_counter() - t0
+    with open(out / "pretrain" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    first1 = next(r for r in rows if r["stage"] == "1")
+    last1 = [r for r in rows if r["stage"] == "1"][-1]
+    s2_rows = [r for r in rows if r["stage"] == "2"]
+    pretrain_info = {
+        "final": str(out / "pretrain" / "final"), "steps": pre_summary["step"],
+        "world_obs_loss": [float(first1["world_obs"]), float(last1["world_obs"])],
+        "td_loss": [float(s2_rows[0]["td"]), float(s2_rows[-1]["td"])] if s2_rows else None,
+        "q_taken": float(s2_rows[-1]["q_taken"]) if s2_rows else None,
+    }
+
     per_game = []
     for name in DEMO_GAMES:
         s = open_store(out / "data" / f"{name}.zarr")
@@ -61,6 +113,8 @@ def run_demo(out: str | Path, steps: int = 12_000, capacity: int = 4_000, report
         per_game.append({"game": name, "steps": s.num_steps, "episodes": s.num_episodes,
                          "mean_clipped_return": float(returns.mean()) if returns.size else None,
                          "segments_in_20_batches": counts.get(int(s.attrs["task_id"]), 0)})
-    summary = {"games": per_game, "timings": timings, "collect": collected, "stores": stores}
+    summary = {"games": per_game, "timings": timings, "collect": collected, "stores": stores,
+               "tokenizer": {"final": tok_summary["final"], "metrics": tok_summary["metrics"]},
+               "pretrain": pretrain_info}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

@@ -176,6 +176,11 @@ def _append_markdown(path: Path, r: dict[str, Any]) -> None:
         f"| store size | {c['store_mb']:.1f} MB for {c['raw_mb']:.0f} MB of raw frames | | |",
         "",
     ]
+    append_section(path, lines)
+
+
+def append_section(path: Path, lines: list[str]) -> None:
+    """Append markdown ``lines`` to the benchmarks file, creating it with its header if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         path.write_text("# Benchmarks\n\nResults appended by `jowa bench ...`; each row compares against a "

@@ -35,6 +35,7 @@ from zarr.codecs import ZstdCodec
 
 from jowa_core.config import to_dict
 from jowa_core.data.store import StoreError, list_stores, open_store
+from jowa_core.devices import pick_device
 from jowa_core.models.tokenizer import load_tokenizer, resolve_tokenizer, weights_file
 from jowa_core.progress import NullReporter, Reporter
 
@@ -76,12 +77,10 @@ def _resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TokenizeError(f"device {name!r} requested but CUDA is not available")
-    return dev
+    try:
+        return pick_device(name)
+    except ValueError as e:
+        raise TokenizeError(str(e)) from None
 
 
 def _version() -> str:

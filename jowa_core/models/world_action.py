@@ -152,6 +152,7 @@ class WorldActionModel(nn.Module):
         self.head_q = QEnsemble(cfg.num_q, E, cfg.q_mlp_dim, cfg.num_actions * cfg.num_atoms, cfg.q_dropout)
         self.head_q_target = copy.deepcopy(self.head_q).requires_grad_(False).eval()
         self.register_buffer("support", torch.linspace(cfg.v_min, cfg.v_max, cfg.num_atoms), persistent=False)
+        self._positions: dict[tuple, dict[str, Tensor]] = {}
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -186,11 +187,21 @@ class WorldActionModel(nn.Module):
                              device, dtype)
 
     def positions(self, start: int, num_tokens: int, device: torch.device) -> dict[str, Tensor]:
-        """Indices (into the T new tokens) read by each head, for tokens at [start, start+T)."""
-        k = (torch.arange(start, start + num_tokens, device=device)) % self.cfg.tokens_per_step
-        last_obs = self.cfg.tokens_per_obs - 1
-        idx = torch.arange(num_tokens, device=device)
-        return {"obs": idx[k != last_obs], "act": idx[k == self.cfg.tokens_per_obs], "q": idx[k == last_obs]}
+        """Indices (into the T new tokens) read by each head, for tokens at [start, start+T). Cached per
+        (start, T, device), so shapes are static for torch.compile and no mask is evaluated per call."""
+        key = (start, num_tokens, str(device))
+        cached = self._positions.get(key)
+        if cached is None:
+            k = [(start + i) % self.cfg.tokens_per_step for i in range(num_tokens)]
+            last_obs = self.cfg.tokens_per_obs - 1
+
+            def sel(pred) -> Tensor:
+                return torch.tensor([i for i, ki in enumerate(k) if pred(ki)], dtype=torch.long, device=device)
+
+            cached = {"obs": sel(lambda ki: ki != last_obs), "act": sel(lambda ki: ki == last_obs + 1),
+                      "q": sel(lambda ki: ki == last_obs)}
+            self._positions[key] = cached
+        return cached
 
     def embed(self, tokens: Tensor, tasks: Tensor, start: int = 0) -> Tensor:
         """(B, T) tokens at absolute positions [start, start+T) of task ids (B,) -> (B, T, E)."""

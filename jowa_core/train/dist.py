@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from jowa_core.devices import pick_device
+
 
 @dataclass
 class DistContext:
@@ -23,18 +25,6 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def pick_device(spec: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> this process's GPU when there is one, else CPU; otherwise the given device."""
-    if spec == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} requested but CUDA is not available")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local_rank}")
-    return device
 
 
 def setup(device: str = "auto") -> DistContext:

@@ -150,7 +150,8 @@ def build_optimizer(model: WorldActionModel, cfg: TrainConfig) -> torch.optim.Ad
         {"params": no_decay, "weight_decay": 0.0, "name": "world_no_decay"},
         {"params": q_params, "weight_decay": cfg.weight_decay, "name": "q", "lr": cfg.lr_q},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr_world_stage1, betas=tuple(cfg.betas))
+    fused = all(p.is_cuda for g in groups for p in g["params"]) and any(g["params"] for g in groups)
+    return torch.optim.AdamW(groups, lr=cfg.lr_world_stage1, betas=tuple(cfg.betas), fused=fused or None)
 
 
 def set_stage_lr(opt: torch.optim.Optimizer, stage: int, cfg: TrainConfig) -> None:
@@ -437,7 +438,7 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
     log = MetricsLog(out, cfg, state["step"], ctx.is_main)
     task = reporter.task("pretrain", total=total_steps, unit="steps")
     reporter.advance(task, state["step"])
-    sums: dict[str, float] = {}
+    sums: dict[str, Tensor] = {}
     n_sum, t_last, t0 = 0, time.perf_counter(), time.perf_counter()
     tokens_per_batch = tcfg.batch_size * dcfg.seq_len * cfg.model.tokens_per_step
     sampler = loader.batch_sampler
@@ -470,14 +471,13 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
                 model.update_target()
             if joint_tok is not None and stage == 1:
                 terms = {**terms, **terms_tok}
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
+            for k, v in {**terms, "grad_norm": grad_norm}.items():  # summed on the device, read at log time
+                sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float()
             n_sum += 1
             reporter.advance(task)
             if step % tcfg.log_every == 0 or step == stop_at:
                 now = time.perf_counter()
-                row = jdist.mean_across_ranks({k: v / n_sum for k, v in sums.items()}, ctx)
+                row = jdist.mean_across_ranks({k: float(v) / n_sum for k, v in sums.items()}, ctx)
                 rate = n_sum / max(now - t_last, 1e-9)
                 lrs = {g["name"]: g["lr"] for g in opt.param_groups}
                 row.update(step=step, stage=stage, epoch=state["epoch"], lr_world=lrs["world_decay"], lr_q=lrs["q"],

@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from jowa_core import checkpoint as ckpt
 from jowa_core.config import ConfigError, save_yaml, to_dict
 from jowa_core.data.store import FRAME_SHAPE, FrameReader, GameStore, StoreError, list_stores, open_store
+from jowa_core.devices import pick_device
 from jowa_core.models.lpips import LPIPS, load_lpips
 from jowa_core.models.tokenizer import KIND, Tokenizer, TokenizerConfig, tokenizer_tensors
 from jowa_core.progress import NullReporter, Reporter
@@ -320,12 +321,10 @@ def _check_resumable(path: Path, cfg: TokenizerTrainConfig, data_info: list[dict
 
 
 def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError(f"device {name!r} requested but CUDA is not available")
-    return dev
+    try:
+        return pick_device(name)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
 
 
 # --------------------------------------------------------------------------------------------------------
