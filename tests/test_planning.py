@@ -156,3 +156,27 @@ def test_batched_beam_search_equals_the_node_by_node_planner(beam, horizon):
         action, score = plan_node_by_node(m, tokens[i], task[i], mask[i], beam, horizon)
         assert int(res.action[i]) == action
         assert res.score[i].item() == pytest.approx(score, abs=1e-5)
+
+
+def test_mcts_returns_valid_actions_with_the_objective_value():
+    from jowa_core.planning.mcts import plan_mcts
+
+    m = model(8)
+    n = 4
+    tokens = contexts(n, 6, seed=3)
+    task = torch.tensor([1, 2, 3, 4])
+    mask = torch.zeros(n, 18, dtype=torch.bool)
+    mask[:, [2, 9]] = True
+    # all Q-values negative: the official MCTS could pick an unvisited/invalid child (value 0) here
+    with torch.no_grad():
+        m.head_q.b3.view(2, 18, 51)[:, :, :25] += 50.0
+    res = plan_mcts(m, tokens, task, mask, horizon=1, num_simulations=6)
+    assert mask[torch.arange(n), res.action].all()
+    # the chosen child's value is the depth-1 objective r + gamma * max_a Q̂(s', a) of that action
+    for i in range(n):
+        r, _, q = naive_step(m, tokens[i], task[i], int(res.action[i]))
+        expected = r + GAMMA * q.masked_fill(~mask[i], -float("inf")).max().item()
+        assert res.score[i].item() == pytest.approx(expected, abs=1e-4)
+    res0 = plan_mcts(m, tokens, task, mask, horizon=0)
+    q = m.q_values(m(tokens, task).q_logits[:, :, -1]).masked_fill(~mask, -float("inf"))
+    assert torch.equal(res0.action, q.argmax(-1))
