@@ -12,7 +12,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-from jowa_cli import bench_cmd, collect_cmd, data_cmd, demo_cmd, import_cmd, pretrain_cmd, tokenizer_cmd  # noqa: E402
+from jowa_cli import (  # noqa: E402
+    bench_cmd,
+    collect_cmd,
+    data_cmd,
+    demo_cmd,
+    evaluate_cmd,
+    import_cmd,
+    plan_cmd,
+    pretrain_cmd,
+    tokenizer_cmd,
+)
 
 app.command("prepare-data", help=data_cmd.prepare_data.__doc__.splitlines()[0])(data_cmd.prepare_data)
 app.command("collect", help=collect_cmd.collect.__doc__.splitlines()[0])(collect_cmd.collect)
@@ -21,6 +31,8 @@ app.command("train-tokenizer", help=tokenizer_cmd.train_tokenizer.__doc__.splitl
 )
 app.command("tokenize", help=tokenizer_cmd.tokenize.__doc__.splitlines()[0])(tokenizer_cmd.tokenize)
 app.command("pretrain", help=pretrain_cmd.pretrain.__doc__.splitlines()[0])(pretrain_cmd.pretrain)
+app.command("evaluate", help=evaluate_cmd.evaluate.__doc__.splitlines()[0])(evaluate_cmd.evaluate)
+app.command("plan", help=plan_cmd.plan.__doc__.splitlines()[0])(plan_cmd.plan)
 app.command("import-official", help=import_cmd.import_official.__doc__.splitlines()[0])(
     import_cmd.import_official
 )

@@ -320,3 +320,10 @@ def test_help_lists_commands():
     assert res.exit_code == 0
     for cmd in ("prepare-data", "collect", "bench"):
         assert cmd in res.output
+
+
+def test_find_episodes_run_start_without_any_terminal():
+    from jowa_core.data.stream import find_episodes
+
+    eps = find_episodes(0, np.zeros(150, bool), zero_row=np.ones(150, bool))
+    assert eps.starts.size == 0 and eps.ends.size == 0 and eps.dropped_tail == 150

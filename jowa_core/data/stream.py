@@ -171,7 +171,7 @@ def find_episodes(
     n = terminal.shape[0]
     all_term = np.flatnonzero(terminal)
     if block_start == 0:  # the run's first add: padding comes first
-        prev, term, skipped = np.concatenate([[-1], all_term[:-1]]), all_term, 0
+        prev, term, skipped = np.concatenate([[-1], all_term[:-1]])[: all_term.size], all_term, 0
     else:  # position unknown until the first terminal
         prev, term = all_term[:-1], all_term[1:]
         skipped = int(all_term[0]) + 1 if all_term.size else n

@@ -1,0 +1,223 @@
+"""``evaluate``: every episode of every game in one batched loop (finished episodes drop out), one JSON.
+
+Under ``torchrun`` (WORLD_SIZE > 1) each rank plays a disjoint share of the (game, episode) list (round robin)
+and rank 0 merges the records (``all_gather_object``) and writes the JSON. An episode's result does not depend
+on how episodes are batched or shared out: its emulator seed is ``seed + episode`` and its epsilon stream is
+seeded by (that seed, the game's task id).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import math
+import platform
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+
+from jowa_core import checkpoint as ckpt
+from jowa_core import games as _games
+from jowa_core.evaluation.agent import Agent
+from jowa_core.evaluation.envs import EvalSettings, VecAtari, rom_md5
+from jowa_core.progress import NullReporter, Reporter
+
+__all__ = ["FORMAT", "evaluate", "sha256_file", "summarize"]
+
+FORMAT = "jowa-eval"
+VERSION = 1
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _jowa_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("jowa")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        return "unknown"
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def summarize(returns: Sequence[float]) -> dict[str, float | None]:
+    """mean, std (population), min, max, median and IQM (mean of the middle 50%, scipy trim_mean(0.25))."""
+    x = np.sort(np.asarray(returns, dtype=np.float64))
+    if x.size == 0:
+        return {"mean": None, "std": None, "min": None, "max": None, "median": None, "iqm": None}
+    cut = int(math.floor(0.25 * x.size))
+    mid = x[cut:x.size - cut] if x.size - 2 * cut > 0 else x
+    return {"mean": float(x.mean()), "std": float(x.std()), "min": float(x[0]), "max": float(x[-1]),
+            "median": float(np.median(x)), "iqm": float(mid.mean())}
+
+
+def _play(model, tokenizer, items: list[dict], settings: EvalSettings, agent_kw: dict, backend: str,
+          reporter: Reporter, num_episodes_total: int) -> tuple[list[dict], dict[str, Any], list[str]]:
+    """Play ``items`` (dicts with game, episode, seed) to the end; their records, counters and agent notes."""
+    if not items:
+        return [], {"env_steps": 0, "act_calls": 0, "decisions": 0, "random_actions": 0, "planner_calls": 0,
+                    "elapsed_s": 0.0}, []
+    env = VecAtari([(it["game"], it["seed"]) for it in items], settings, backend=backend)
+    with warnings.catch_warnings():  # the agent's warnings go to the reporter and the JSON instead
+        warnings.simplefilter("ignore")
+        agent = Agent(model, tokenizer, env.games, seeds=env.seeds, epsilon=settings.epsilon, **agent_kw)
+    for note in agent.notes:
+        reporter.log(f"warning: {note}")
+    records: list[dict] = []
+    ep_task = reporter.task("evaluate", total=num_episodes_total, unit="episodes")
+    step_task = reporter.task("env steps", total=None, unit="steps")
+    t0 = last_log = time.perf_counter()
+    env_steps = last_steps = last_calls = 0
+    obs = env.reset()
+    active = ~env.done
+    while active.any():
+        actions = agent.act(obs, active)
+        obs, _, done, info = env.step(np.where(active, actions, 0))
+        agent.observe_action(actions, active)
+        n_active = int(active.sum())
+        env_steps += n_active
+        reporter.advance(step_task, n_active)
+        now = time.perf_counter()
+        for i in np.flatnonzero(info["ended"]):
+            it = items[i]
+            records.append({"game": it["game"], "episode": it["episode"], "seed": it["seed"],
+                            "return": float(env.returns[i]), "clipped_return": float(env.clipped_returns[i]),
+                            "length": int(env.steps[i]), "frames": int(env.frames[i]),
+                            "game_over": bool(env.game_over[i]), "truncated": bool(env.truncated[i]),
+                            "wall_time_s": round(now - t0, 3)})
+            reporter.advance(ep_task)
+        agent.reset(info["ended"])
+        active = ~done
+        if now - last_log >= 30.0:
+            dt = now - last_log
+            reporter.log(f"evaluate: {len(records)}/{len(items)} episodes, {int(active.sum())} running, "
+                         f"{(env_steps - last_steps) / dt:,.1f} env steps/s, "
+                         f"{(agent.stats.act_calls - last_calls) / dt:,.2f} decisions/s")
+            last_log, last_steps, last_calls = now, env_steps, agent.stats.act_calls
+    env.close()
+    elapsed = time.perf_counter() - t0
+    s = agent.stats
+    counters = {"env_steps": env_steps, "act_calls": s.act_calls, "decisions": s.decisions,
+                "random_actions": s.random_actions, "planner_calls": s.planner_calls, "elapsed_s": elapsed,
+                "history": agent.history, "horizon": agent.horizon, "plan": agent.plan}
+    return records, counters, agent.notes
+
+
+def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Sequence[str] = "atari15",
+             episodes: int = 16, settings: EvalSettings | None = None, beam: int | str = "auto",
+             horizon: int = _games.PLANNING_HORIZON, history: int | None = None, plan: bool = True, seed: int = 0,
+             device: str = "auto", out_json: str | Path | None = None, reporter: Reporter | None = None,
+             backend: str = "auto", max_batch: int = 64, dtype: str = "float32",
+             planner: str = "beam") -> dict[str, Any]:
+    """Evaluate a world-action checkpoint (a checkpoint or run directory) with a tokenizer on ``games`` (names or
+    groups, see ``games.resolve``), ``episodes`` per game; returns (and writes to ``out_json``) the result dict.
+
+    ``beam`` int or "auto" (per-game paper widths), ``horizon`` imagined steps, ``history`` context steps (None:
+    the most that fits), ``plan=False`` greedy on Q̂. ``dtype`` of the world-action model's weights.
+    ``planner``: "beam" (batched beam search) or "mcts" (MCTS with K^2 (H-1) + K simulations, for comparison).
+    """
+    from jowa_core.models.tokenizer import load_tokenizer, weights_file
+    from jowa_core.models.world_action import load_world_action
+    from jowa_core.train import dist as _dist
+
+    settings = settings or EvalSettings()
+    reporter = reporter or NullReporter()
+    names = _games.resolve(games)
+    if int(episodes) < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if planner not in ("beam", "mcts"):
+        raise ValueError(f"planner must be beam or mcts, got {planner!r}")
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    if int(seed) < 0 or int(seed) + int(episodes) > 2**31:
+        raise ValueError(f"seed must be in [0, 2**31 - episodes), got {seed}")
+    owns_group = not (tdist.is_available() and tdist.is_initialized())
+    ctx = _dist.setup(device)
+    try:
+        model_dir = ckpt.resolve(model_path, "world_action")
+        model, meta = load_world_action(str(model_dir), ctx.device)
+        model = model.to(_DTYPES[dtype])
+        tokenizer = load_tokenizer(tokenizer_path, ctx.device)
+        items = [{"game": g, "episode": e, "seed": int(seed) + e} for g in names for e in range(int(episodes))]
+        mine = items[ctx.rank::ctx.world_size]
+        agent_kw = {"plan": plan, "beam": beam, "horizon": horizon, "history": history, "max_batch": max_batch}
+        if planner == "mcts":
+            from jowa_core.planning.mcts import plan_mcts
+
+            agent_kw["planner"] = plan_mcts
+        date = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        records, counters, notes = _play(model, tokenizer, mine, settings, agent_kw, backend, reporter, len(mine))
+        counters["rank"], counters["device"] = ctx.rank, _device_name(ctx.device)
+        if ctx.distributed:
+            gathered: list[Any] = [None] * ctx.world_size
+            tdist.all_gather_object(gathered, (records, counters, notes))
+            records = [r for g in gathered for r in g[0]]
+            per_rank = [g[1] for g in gathered]
+            notes = list(dict.fromkeys(n for g in gathered for n in g[2]))
+        else:
+            per_rank = [counters]
+        order = {g: i for i, g in enumerate(names)}
+        records.sort(key=lambda r: (order[r["game"]], r["episode"]))
+        env_steps = sum(c["env_steps"] for c in per_rank)
+        elapsed = max(c["elapsed_s"] for c in per_rank)
+        ref = next((c for c in per_rank if "history" in c), {})
+        result: dict[str, Any] = {
+            "format": FORMAT, "version": VERSION, "jowa_version": _jowa_version(), "date": date,
+            "device": counters["device"], "world_size": ctx.world_size, "torch": torch.__version__,
+            "checkpoint": {"path": str(model_path), "resolved": str(model_dir),
+                           "sha256": sha256_file(model_dir / ckpt.WEIGHTS), "step": meta.get("step"),
+                           "config": meta.get("config")},
+            "tokenizer": {"path": str(tokenizer_path), "resolved": str(weights_file(tokenizer_path)),
+                          "sha256": sha256_file(weights_file(tokenizer_path))},
+            "settings": settings.to_dict(),
+            "agent": {"plan": ref.get("plan", plan), "beam": beam, "horizon": ref.get("horizon", horizon),
+                      "history": ref.get("history", history), "history_requested": history, "gamma": 0.99,
+                      "epsilon": settings.epsilon, "dtype": dtype, "max_batch": max_batch, "seed": int(seed),
+                      "planner": planner if plan else "greedy",
+                      "env_backend": backend},
+            "roms": {g: rom_md5(g) for g in names},
+            "episodes_per_game": int(episodes),
+            "games": {},
+            "throughput": {"elapsed_s": round(elapsed, 3), "env_steps": env_steps,
+                           "env_steps_per_s": env_steps / elapsed if elapsed > 0 else None,
+                           "decisions": sum(c["decisions"] for c in per_rank),
+                           "random_actions": sum(c["random_actions"] for c in per_rank),
+                           "act_calls_per_s": (sum(c["act_calls"] for c in per_rank) / elapsed / len(per_rank)
+                                               if elapsed > 0 else None),
+                           "per_rank": per_rank},
+            "warnings": notes,
+        }
+        for g in names:
+            recs = [r for r in records if r["game"] == g]
+            info = _games.get(g)
+            beam_g = info.beam_width if beam == "auto" else int(beam)
+            result["games"][g] = {"task_id": info.task_id, "beam": beam_g if result["agent"]["plan"] else None,
+                                  **summarize([r["return"] for r in recs]),
+                                  "raw_scores": [r["return"] for r in recs],
+                                  "episodes": [{k: v for k, v in r.items() if k != "game"} for r in recs]}
+        if out_json is not None and ctx.is_main:
+            Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+            ckpt.write_json_atomic(out_json, result)
+        return result
+    finally:
+        if owns_group:  # a process group the caller set up stays up
+            _dist.teardown(ctx)
+

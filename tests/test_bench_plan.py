@@ -1,0 +1,59 @@
+"""`jowa bench plan`: result keys, positive rates, the baseline's ratio and agreement, CLI and Markdown record.
+No timing assertions (timings are reported in docs/benchmarks.md, never asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from jowa_cli.main import app
+from jowa_core.planning.bench import _children, bench_plan
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_bench_plan_tiny_keys_rates_and_baseline(tmp_path):
+    md = tmp_path / "bench.md"
+    r = bench_plan(preset="tiny", envs=2, decisions=1, device="cpu", markdown=md)
+    for key in ("device", "torch", "command", "preset", "params", "envs", "beam", "horizon", "history",
+                "context_tokens", "ours", "greedy", "baseline", "speedup_vs_baseline", "agreement_with_baseline",
+                "summary"):
+        assert key in r
+    assert r["history"] == 6 and r["context_tokens"] == 221 and r["precision"] == "fp32"
+    for part in ("ours", "greedy", "baseline"):
+        assert r[part]["env_steps_per_s"] > 0 and r[part]["decisions_per_s"] > 0
+    assert r["speedup_vs_baseline"] > 0
+    assert r["agreement_with_baseline"] == 1.0  # fp32: the same search, up to ties of random Q
+    assert r["batched_forwards_per_decision"] == 1 + 37 * 2
+    assert r["baseline_forwards_per_env_decision"] == [1 + 37 * 12] * 2  # 3 + 9 imagined children
+    text = md.read_text()
+    assert "## Planning throughput" in text and "jowa bench plan --preset tiny --envs 2" in text
+    json.dumps(r)
+
+
+def test_children_count_with_fewer_valid_actions_than_the_beam():
+    assert _children(3, 2, 18) == 3 + 9
+    assert _children(3, 2, 2) == 2 + 4
+    assert _children(2, 3, 18) == 2 + 4 + 4
+
+
+def test_bench_plan_cli_without_baseline(tmp_path):
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["bench", "plan", "--preset", "tiny", "--envs", "2", "--decisions", "1",
+                                   "--warmup", "0", "--horizon", "1", "--beam", "2", "--device", "cpu",
+                                   "--no-baseline", "--quiet", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())
+    assert r["baseline"] is None and r["speedup_vs_baseline"] is None and r["history"] == 7
+    assert r["ours"]["env_steps_per_s"] > 0
+    bad = CliRunner().invoke(app, ["bench", "plan", "--preset", "huge", "--device", "cpu", "--quiet"])
+    assert bad.exit_code == 2
