@@ -21,8 +21,9 @@ def demo(
     """Run every stage that exists end to end on built-in defaults (no downloads).
 
     Collects random-policy Atari data in DQN-Replay format, converts it to Zarr stores, draws game-balanced
-    training segments, trains a demo-sized tokenizer, tokenizes the stores and pretrains a tiny world-action
-    model in both stages. Re-running continues where it stopped. Writes <out>/summary.json.
+    training segments, trains a demo-sized tokenizer, tokenizes the stores, pretrains a tiny world-action
+    model in both stages and evaluates it with beam-search planning in the emulator (<out>/scores.json).
+    Re-running continues where it stopped. Writes <out>/summary.json.
     """
     from rich.console import Console
     from rich.table import Table
@@ -48,5 +49,8 @@ def demo(
     Console().print(f"pretrain: {pm['final']}  obs-token loss {pm['world_obs_loss'][0]:.3f} -> "
                     f"{pm['world_obs_loss'][1]:.3f}" + (f", TD loss {pm['td_loss'][0]:.3f} -> {pm['td_loss'][1]:.3f}"
                                                        if pm["td_loss"] else ""))
+    ev = summary["evaluate"]
+    Console().print("evaluate (beam 2, horizon 2): mean return " + ", ".join(
+        f"{g} {v:.1f}" for g, v in ev["mean_return"].items()) + f"; {ev['env_steps_per_s']:.1f} env steps/s")
     Console().print({k: round(v, 1) for k, v in summary["timings"].items()})
     emit_json(summary, json_out or None)

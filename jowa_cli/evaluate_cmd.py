@@ -46,6 +46,8 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Episode e of each game uses seed + e.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="World-action weights: float32 or bfloat16.")] = "float32",
+    video_dir: Annotated[str, typer.Option(help="Write MP4s of the agent's observations into this folder.")] = "",
+    video_episodes: Annotated[str, typer.Option(help="Episodes (of every game) to film, e.g. '0,3'.")] = "0",
     mcts: Annotated[bool, typer.Option("--mcts", help="Plan with MCTS (K^2 (H-1) + K simulations) instead.")] = False,
     batch: Annotated[int, typer.Option(help="Most environments per planner call (memory ~ batch x beam^2).")] = 64,
     backend: Annotated[str, typer.Option(help="Emulators: auto, vector (ale-py AtariVectorEnv) or loop.")] = "auto",
@@ -81,7 +83,8 @@ def evaluate(
         result = run(ckpt, tokenizer, games, episodes=episodes, settings=settings, beam=_beam(beam), horizon=horizon,
                      history=history or None, plan=not no_plan, seed=seed, device=device, out_json=out or None,
                      reporter=reporter, backend=backend, max_batch=batch, dtype=dtype,
-                     planner="mcts" if mcts else "beam")
+                     planner="mcts" if mcts else "beam", video_dir=video_dir or None,
+                     video_episodes=[int(e) for e in video_episodes.split(",") if e.strip()])
     finally:
         reporter.close()
     if not is_main:

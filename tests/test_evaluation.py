@@ -409,3 +409,21 @@ def test_evaluate_with_mcts_planner_records_it(tmp_path, ckpts):
                    device="cpu", planner="mcts")
     assert res["agent"]["planner"] == "mcts"
     assert res["games"]["Pong"]["episodes"][0]["length"] == 10
+
+
+def test_evaluate_writes_videos_of_chosen_episodes(tmp_path, ckpts):
+    import cv2
+
+    from jowa_core.evaluation.envs import EvalSettings
+    from jowa_core.evaluation.runner import evaluate
+
+    model_dir, tok_dir = ckpts
+    res = evaluate(model_dir, tok_dir, ["Pong"], episodes=2, settings=EvalSettings(max_frames=48), plan=False,
+                   device="cpu", video_dir=tmp_path / "videos", video_episodes=[1])
+    eps = res["games"]["Pong"]["episodes"]
+    assert "video" not in eps[0] and eps[1]["video"].endswith("Pong_episode1.mp4")
+    cap = cv2.VideoCapture(eps[1]["video"])
+    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    ok, frame = cap.read()
+    assert ok and frame.shape == (336, 336, 3) and n == eps[1]["length"] == 12
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["Pong_episode1.mp4"]

@@ -69,8 +69,25 @@ def summarize(returns: Sequence[float]) -> dict[str, float | None]:
             "median": float(np.median(x)), "iqm": float(mid.mean())}
 
 
+def write_video(path: Path, frames: list[np.ndarray], fps: int = 15, scale: int = 4) -> None:
+    """An MP4 (mp4v) of (84, 84) uint8 observations, upscaled ``scale`` times; written atomically."""
+    import cv2
+
+    h, w = frames[0].shape
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w * scale, h * scale), isColor=True)
+    if not writer.isOpened():
+        raise RuntimeError(f"cannot write {path}: OpenCV has no mp4v encoder here")
+    for f in frames:
+        big = cv2.resize(f, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
+        writer.write(cv2.cvtColor(big, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    tmp.replace(path)
+
+
 def _play(model, tokenizer, items: list[dict], settings: EvalSettings, agent_kw: dict, backend: str,
-          reporter: Reporter, num_episodes_total: int) -> tuple[list[dict], dict[str, Any], list[str]]:
+          reporter: Reporter, num_episodes_total: int, video_dir: Path | None = None,
+          video_episodes: Sequence[int] = ()) -> tuple[list[dict], dict[str, Any], list[str]]:
     """Play ``items`` (dicts with game, episode, seed) to the end; their records, counters and agent notes."""
     if not items:
         return [], {"env_steps": 0, "act_calls": 0, "decisions": 0, "random_actions": 0, "planner_calls": 0,
@@ -88,7 +105,11 @@ def _play(model, tokenizer, items: list[dict], settings: EvalSettings, agent_kw:
     env_steps = last_steps = last_calls = 0
     obs = env.reset()
     active = ~env.done
+    filmed = {i: [] for i, it in enumerate(items) if video_dir is not None and it["episode"] in video_episodes}
     while active.any():
+        for i, fr in filmed.items():
+            if active[i]:
+                fr.append(obs[i].copy())
         actions = agent.act(obs, active)
         obs, _, done, info = env.step(np.where(active, actions, 0))
         agent.observe_action(actions, active)
@@ -103,6 +124,10 @@ def _play(model, tokenizer, items: list[dict], settings: EvalSettings, agent_kw:
                             "length": int(env.steps[i]), "frames": int(env.frames[i]),
                             "game_over": bool(env.game_over[i]), "truncated": bool(env.truncated[i]),
                             "wall_time_s": round(now - t0, 3)})
+            if i in filmed and filmed[i]:
+                video = video_dir / f"{it['game']}_episode{it['episode']}.mp4"
+                write_video(video, filmed.pop(i))
+                records[-1]["video"] = str(video)
             reporter.advance(ep_task)
         agent.reset(info["ended"])
         active = ~done
@@ -126,13 +151,15 @@ def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Se
              horizon: int = _games.PLANNING_HORIZON, history: int | None = None, plan: bool = True, seed: int = 0,
              device: str = "auto", out_json: str | Path | None = None, reporter: Reporter | None = None,
              backend: str = "auto", max_batch: int = 64, dtype: str = "float32",
-             planner: str = "beam") -> dict[str, Any]:
+             planner: str = "beam", video_dir: str | Path | None = None,
+             video_episodes: Sequence[int] = (0,)) -> dict[str, Any]:
     """Evaluate a world-action checkpoint (a checkpoint or run directory) with a tokenizer on ``games`` (names or
     groups, see ``games.resolve``), ``episodes`` per game; returns (and writes to ``out_json``) the result dict.
 
     ``beam`` int or "auto" (per-game paper widths), ``horizon`` imagined steps, ``history`` context steps (None:
     the most that fits), ``plan=False`` greedy on Q̂. ``dtype`` of the world-action model's weights.
     ``planner``: "beam" (batched beam search) or "mcts" (MCTS with K^2 (H-1) + K simulations, for comparison).
+    ``video_dir``: write an MP4 of the agent's observations for episodes ``video_episodes`` of every game.
     """
     from jowa_core.models.tokenizer import load_tokenizer, weights_file
     from jowa_core.models.world_action import load_world_action
@@ -164,7 +191,10 @@ def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Se
 
             agent_kw["planner"] = plan_mcts
         date = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        records, counters, notes = _play(model, tokenizer, mine, settings, agent_kw, backend, reporter, len(mine))
+        if video_dir is not None:
+            Path(video_dir).mkdir(parents=True, exist_ok=True)
+        records, counters, notes = _play(model, tokenizer, mine, settings, agent_kw, backend, reporter, len(mine),
+                                         Path(video_dir) if video_dir is not None else None, tuple(video_episodes))
         counters["rank"], counters["device"] = ctx.rank, _device_name(ctx.device)
         if ctx.distributed:
             gathered: list[Any] = [None] * ctx.world_size
