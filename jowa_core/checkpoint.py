@@ -13,6 +13,7 @@ kill never leaves a half-written checkpoint behind a final name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -31,6 +32,15 @@ WEIGHTS = "model.safetensors"
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete or of the wrong kind; the message names the path."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes (checkpoint fingerprints in metadata and result files)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

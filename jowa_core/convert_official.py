@@ -21,7 +21,6 @@ and the key(s).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +31,7 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from jowa_core import checkpoint as ckpt
+from jowa_core.checkpoint import sha256_file
 from jowa_core.config import from_dict, to_dict
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, save_world_action
 
@@ -84,14 +84,6 @@ def _on_meta(factory, *args):
     """``factory(*args)`` built on the meta device: shapes and names only, no memory, no init."""
     with torch.device("meta"), _SkipMetaInit():
         return factory(*args)
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:

@@ -23,14 +23,7 @@ from jowa_core.train.bench import (
 )
 from jowa_core.train.pretrain import TrainConfig, jowa_loss
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small ops on a shared 2-core machine: one thread avoids OpenMP stragglers (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _counted_flops(cfg: WorldActionConfig, batch_size: int, stage: int) -> int:

@@ -14,13 +14,7 @@ from jowa_core.planning.beam import imagine_step, plan
 GAMMA = 0.99
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread avoids OpenMP spinning on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model(seed: int = 0, **kw) -> WorldActionModel:

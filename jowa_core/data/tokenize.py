@@ -20,7 +20,6 @@ continues the partial array if it was made by the same tokenizer with the same p
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import time
@@ -33,6 +32,7 @@ import torch
 import zarr
 from zarr.codecs import ZstdCodec
 
+from jowa_core.checkpoint import sha256_file
 from jowa_core.config import to_dict
 from jowa_core.data.store import StoreError, list_stores, open_store
 from jowa_core.devices import pick_device
@@ -46,14 +46,6 @@ TOKENS_PER_OBS = 36
 
 class TokenizeError(ValueError):
     """Bad tokenize input (tokenizer mismatch, unusable store); the message says what to do."""
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def partial_tokens_path(store_path: Path) -> Path:
@@ -151,7 +143,7 @@ def tokenize_stores(
     dev = _resolve_device(device)
     prec = _resolve_precision(precision, dev)
     source = resolve_tokenizer(tokenizer_path)
-    fingerprint = file_sha256(weights_file(tokenizer_path))
+    fingerprint = sha256_file(weights_file(tokenizer_path))
     tok = load_tokenizer(tokenizer_path, device=dev)
     if tok.tokens_per_frame != TOKENS_PER_OBS:
         raise TokenizeError(f"{source}: the tokenizer makes {tok.tokens_per_frame} tokens per frame; the store "

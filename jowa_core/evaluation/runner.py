@@ -9,7 +9,6 @@ seeded by (that seed, the game's task id).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import math
 import platform
 import time
@@ -24,6 +23,7 @@ import torch.distributed as tdist
 
 from jowa_core import checkpoint as ckpt
 from jowa_core import games as _games
+from jowa_core.checkpoint import sha256_file
 from jowa_core.evaluation.agent import Agent
 from jowa_core.evaluation.envs import EvalSettings, VecAtari, rom_md5
 from jowa_core.progress import NullReporter, Reporter
@@ -33,14 +33,6 @@ __all__ = ["FORMAT", "evaluate", "sha256_file", "summarize"]
 FORMAT = "jowa-eval"
 VERSION = 1
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _jowa_version() -> str:
