@@ -120,6 +120,10 @@ def _play(model, tokenizer, items: list[dict], settings: EvalSettings, agent_kw:
                 video = video_dir / f"{it['game']}_episode{it['episode']}.mp4"
                 write_video(video, filmed.pop(i))
                 records[-1]["video"] = str(video)
+            done_g = [r["return"] for r in records if r["game"] == it["game"]]
+            reporter.log(f"{it['game']} episode {it['episode']} (seed {it['seed']}): return {records[-1]['return']:g} "
+                         f"in {records[-1]['length']} steps; {it['game']} mean {np.mean(done_g):g} over "
+                         f"{len(done_g)} episode(s)")
             reporter.advance(ep_task)
         agent.reset(info["ended"])
         active = ~done
