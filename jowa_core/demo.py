@@ -3,9 +3,9 @@
 Stages so far: emulator data in DQN-Replay format (collect) → Zarr stores (prepare-data) → game-balanced
 training segments (segment loader) → VQ-VAE tokenizer (train-tokenizer) → obs_tokens (tokenize) → two-stage
 pretraining of a tiny world-action model (pretrain) → evaluation with beam-search planning in the emulator
-(evaluate). The report stage joins when it lands. Sized to finish in a few minutes on 2 CPU cores: the
-models are far smaller than the paper's and the learning rates larger (10x), so that losses visibly fall in
-a few hundred steps.
+(evaluate) → the report (HNS/IQM tables and plots next to the paper's published numbers). Fine-tuning joins
+when it lands. Sized to finish in a few minutes on 2 CPU cores: the models are far smaller than the paper's
+and the learning rates larger (10x), so that losses visibly fall in a few hundred steps.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def run_demo(out: str | Path, steps: int = 12_000, capacity: int = 4_000, report
     from jowa_core.data.store import open_store
     from jowa_core.data.tokenize import tokenize_stores
     from jowa_core.evaluation.envs import EvalSettings
+    from jowa_core.evaluation.report import build_report, load_results
     from jowa_core.evaluation.runner import evaluate
     from jowa_core.train.pretrain import PretrainConfig, pretrain
     from jowa_core.train.tokenizer import TokenizerTrainConfig, train_tokenizer
@@ -56,19 +57,19 @@ def run_demo(out: str | Path, steps: int = 12_000, capacity: int = 4_000, report
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    reporter.log(f"[1/7] collect: random policy, {steps} steps per game, DQN-Replay logs (capacity {capacity})")
+    reporter.log(f"[1/8] collect: random policy, {steps} steps per game, DQN-Replay logs (capacity {capacity})")
     collected = collect(list(DEMO_GAMES), [1], out / "raw", num_steps=steps, capacity=capacity, seed=seed,
                         workers=2, reporter=reporter)
     timings["collect_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    reporter.log("[2/7] prepare-data: logs → Zarr stores")
+    reporter.log("[2/8] prepare-data: logs → Zarr stores")
     stores = prepare_data(PrepareOptions(source=str(out / "raw"), out=str(out / "data"), games=list(DEMO_GAMES),
                                          seed=seed, workers=2), reporter)
     timings["prepare_data_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    reporter.log("[3/7] segment loader: game-balanced batches of 8-step segments")
+    reporter.log("[3/8] segment loader: game-balanced batches of 8-step segments")
     loader = make_loader(out / "data", batch_size=64, seed=seed)
     counts: dict[int, int] = {}
     for n_batches, batch in enumerate(loader, start=1):
@@ -80,19 +81,19 @@ def run_demo(out: str | Path, steps: int = 12_000, capacity: int = 4_000, report
     timings["loader_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    reporter.log(f"[4/7] train-tokenizer: {tokenizer_steps} steps of a demo-sized VQ-VAE")
+    reporter.log(f"[4/8] train-tokenizer: {tokenizer_steps} steps of a demo-sized VQ-VAE")
     tok_cfg = from_dict(TokenizerTrainConfig, {**DEMO_TOKENIZER, "steps": tokenizer_steps, "seed": seed})
     tok_summary = train_tokenizer(tok_cfg, out / "data", out / "tokenizer", resume=True, reporter=reporter)
     timings["train_tokenizer_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    reporter.log("[5/7] tokenize: every frame -> 36 tokens, stored as obs_tokens")
+    reporter.log("[5/8] tokenize: every frame -> 36 tokens, stored as obs_tokens")
     tokenize_stores(out / "data", out / "tokenizer", batch_size=512, device="cpu", reporter=reporter)
     timings["tokenize_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     s1, s2 = pretrain_steps
-    reporter.log(f"[6/7] pretrain: tiny world-action model, stage 1 {s1} steps, stage 2 {s2} steps")
+    reporter.log(f"[6/8] pretrain: tiny world-action model, stage 1 {s1} steps, stage 2 {s2} steps")
     pre_cfg = from_dict(PretrainConfig, {**DEMO_PRETRAIN, "data": {**DEMO_PRETRAIN["data"], "path": str(out / "data")},
                                          "train": {**DEMO_PRETRAIN["train"], "stage1_steps": s1, "stage2_steps": s2,
                                                    "seed": seed}})
@@ -111,7 +112,7 @@ def run_demo(out: str | Path, steps: int = 12_000, capacity: int = 4_000, report
     }
 
     t0 = time.perf_counter()
-    reporter.log(f"[7/7] evaluate: beam search (K=2, H=2) in the emulator, {eval_episodes} episodes per game, "
+    reporter.log(f"[7/8] evaluate: beam search (K=2, H=2) in the emulator, {eval_episodes} episodes per game, "
                  f"{eval_max_frames} frames each, all episodes batched")
     scores = evaluate(out / "pretrain", out / "tokenizer", list(DEMO_GAMES), episodes=eval_episodes,
                       settings=EvalSettings(max_frames=eval_max_frames), beam=2, horizon=2, seed=seed, device="cpu",
@@ -119,6 +120,11 @@ def run_demo(out: str | Path, steps: int = 12_000, capacity: int = 4_000, report
     timings["evaluate_s"] = time.perf_counter() - t0
     eval_info = {"scores": str(out / "scores.json"), "env_steps_per_s": scores["throughput"]["env_steps_per_s"],
                  "mean_return": {g: v["mean"] for g, v in scores["games"].items()}}
+
+    t0 = time.perf_counter()
+    reporter.log("[8/8] report: HNS/DNS, mean/median/IQM with bootstrap CIs, next to the paper's published rows")
+    rep = build_report(load_results([out / "scores.json"]), out / "report", published=True, reps=1000, seed=seed)
+    timings["report_s"] = time.perf_counter() - t0
 
     per_game = []
     for name in DEMO_GAMES:
@@ -129,6 +135,7 @@ def run_demo(out: str | Path, steps: int = 12_000, capacity: int = 4_000, report
                          "segments_in_20_batches": counts.get(int(s.attrs["task_id"]), 0)})
     summary = {"games": per_game, "timings": timings, "collect": collected, "stores": stores,
                "tokenizer": {"final": tok_summary["final"], "metrics": tok_summary["metrics"]},
-               "pretrain": pretrain_info, "evaluate": eval_info}
+               "pretrain": pretrain_info, "evaluate": eval_info,
+               "report": {"out": str(out / "report"), "files": rep.get("files")}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
