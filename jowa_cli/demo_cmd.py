@@ -22,7 +22,8 @@ def demo(
 
     Collects random-policy Atari data in DQN-Replay format, converts it to Zarr stores, draws game-balanced
     training segments, trains a demo-sized tokenizer, tokenizes the stores, pretrains a tiny world-action
-    model in both stages and evaluates it with beam-search planning in the emulator (<out>/scores.json).
+    model in both stages, evaluates it with beam-search planning in the emulator (<out>/scores.json) and
+    fine-tunes it on a held-out game (<out>/finetune).
     Ends with the report (<out>/report: aggregates.csv, report.md, plots). Re-running continues where it
     stopped. Writes <out>/summary.json.
     """
@@ -53,6 +54,9 @@ def demo(
     ev = summary["evaluate"]
     Console().print("evaluate (beam 2, horizon 2): mean return " + ", ".join(
         f"{g} {v:.1f}" for g, v in ev["mean_return"].items()) + f"; {ev['env_steps_per_s']:.1f} env steps/s")
+    ft = summary["finetune"]
+    Console().print(f"finetune on held-out {ft['game']}: final {ft['final']['path']}"
+                    + (f", best eval mean {ft['best']['mean']:.1f}" if ft.get("best") else ""))
     Console().print(f"report: {summary['report']['out']}/report.md, aggregates.csv, *.png")
     Console().print({k: round(v, 1) for k, v in summary["timings"].items()})
     emit_json(summary, json_out or None)

@@ -18,6 +18,7 @@ from jowa_cli import (  # noqa: E402
     data_cmd,
     demo_cmd,
     evaluate_cmd,
+    finetune_cmd,
     import_cmd,
     plan_cmd,
     pretrain_cmd,
@@ -32,6 +33,7 @@ app.command("train-tokenizer", help=tokenizer_cmd.train_tokenizer.__doc__.splitl
 )
 app.command("tokenize", help=tokenizer_cmd.tokenize.__doc__.splitlines()[0])(tokenizer_cmd.tokenize)
 app.command("pretrain", help=pretrain_cmd.pretrain.__doc__.splitlines()[0])(pretrain_cmd.pretrain)
+app.command("finetune", help=finetune_cmd.finetune.__doc__.splitlines()[0])(finetune_cmd.finetune)
 app.command("evaluate", help=evaluate_cmd.evaluate.__doc__.splitlines()[0])(evaluate_cmd.evaluate)
 app.command("report", help=report_cmd.report.__doc__.splitlines()[0])(report_cmd.report)
 app.command("plan", help=plan_cmd.plan.__doc__.splitlines()[0])(plan_cmd.plan)

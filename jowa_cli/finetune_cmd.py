@@ -1,0 +1,55 @@
+"""`jowa finetune`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from jowa_cli.common import emit_json, handle_errors
+from jowa_core.progress import make_reporter
+
+
+@handle_errors
+def finetune(
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="Config overrides key=value, e.g. stage2_steps=2000 eval_every=500.")
+    ] = None,
+    ckpt: Annotated[str, typer.Option(help="Pretrained world-action checkpoint or run directory.")] = "",
+    tokenizer: Annotated[str, typer.Option(help="Tokenizer checkpoint (for the evaluations).")] = "",
+    game: Annotated[str, typer.Option(help="The game to fine-tune on (its own task id is used).")] = "",
+    data: Annotated[str, typer.Option(help="The game's <Game>.zarr store, with obs_tokens (jowa tokenize).")] = "",
+    out: Annotated[str, typer.Option(help="Run directory: config, metrics.csv, evals/, best/, final/.")] = "",
+    config: Annotated[str, typer.Option(help="YAML config (configs/finetune.yaml).")] = "",
+    from_scratch: Annotated[
+        bool, typer.Option("--from-scratch", help="Random init with the checkpoint's architecture (JOWA scratch).")
+    ] = False,
+    json_out: Annotated[str, typer.Option("--json", help="Write the JSON summary here ('-' for stdout).")] = "",
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
+) -> None:
+    """Fine-tune a pretrained JOWA on one game (stage 1 real data + CQL, stage 2 + planned synthetic data + COMBO).
+
+    Periodic evaluations (eval_every, eval_episodes) keep <out>/best (highest mean return) next to <out>/final;
+    both are in <out>/summary.json and metrics.csv.
+
+    Example: jowa finetune --ckpt runs/jowa150m --tokenizer runs/tok --game Pong --data data/ft/Pong.zarr
+    --out runs/ft-pong
+    """
+    from jowa_core.config import load_config
+    from jowa_core.train.finetune import FinetuneConfig
+    from jowa_core.train.finetune import finetune as run
+
+    for name, value in (("--ckpt", ckpt), ("--tokenizer", tokenizer), ("--game", game), ("--data", data),
+                        ("--out", out)):
+        if not value:
+            raise ValueError(f"{name} is required")
+    extra = list(overrides or [])
+    if from_scratch:
+        extra.append("from_scratch=true")
+    cfg = load_config(FinetuneConfig, config or None, extra)
+    reporter = make_reporter(quiet=quiet)
+    try:
+        summary = run(cfg, ckpt, tokenizer, game, data, out, reporter=reporter)
+    finally:
+        reporter.close()
+    emit_json(summary, json_out or None)

@@ -1,0 +1,420 @@
+"""Offline fine-tuning of a pretrained JOWA on one (held-out) game (paper §4.3, Appendix E.2; reference §7).
+
+stage 1 (``stage1_steps``, 3k): real data only; world_weight * L_world + C51 TD + alpha * CQL.
+stage 2 (``stage2_steps``, 7k): each batch is (1 - synthetic_fraction) real segments plus synthetic ones made by
+planning (beam 2, horizon 2) from 6 real steps; world loss on the real rows only, TD on all rows, and COMBO
+(eq. 4: the CQL negative term over real + synthetic rows, the positive term over real rows only).
+
+Every part of the world-action model (backbone, world heads, Q head) trains from step 0; the target Q head is a
+hard copy every ``target_update_every`` steps. The tokenizer stays frozen (the stores hold precomputed
+``obs_tokens``): a deviation from the official code, which trains it throughout (see docs/finetune.md).
+Deliberately unlike the official code (reference §7.3-7.4): the synthetic segments keep every real action and
+reward with its own frame, and the game's own task id and action mask are used in training and evaluation.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from jowa_core import checkpoint as ckpt
+from jowa_core import games as _games
+from jowa_core.config import save_yaml, to_dict
+from jowa_core.data.segments import make_loader
+from jowa_core.devices import pick_device
+from jowa_core.models.losses import cql_loss, expected_q, td_loss, world_losses
+from jowa_core.models.world_action import (
+    WorldActionModel,
+    load_world_action,
+    save_world_action,
+    segment_tokens,
+)
+from jowa_core.planning.beam import PlanResult, plan
+from jowa_core.progress import NullReporter
+from jowa_core.train.pretrain import TrainConfig, _store_vocab, build_optimizer, param_fingerprint
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning hyperparameters (paper Appendix E.2; the official ``finetune_150M.yaml`` where it differs is
+    noted)."""
+
+    stage1_steps: int = 3000  # real data only (paper v1: 3k + 7k; official: 50k steps, synthetic after 20k)
+    stage2_steps: int = 7000  # real + synthetic
+    batch_size: int = 32
+    lr: float = 5e-5  # world and Q
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float = 1.0
+    world_weight: float = 0.5  # beta: the official fine-tuning supervised_weight (pretraining uses 0.1)
+    action_loss: Literal["combo", "cql"] = "combo"  # stage 2 (stage 1 has only real rows: COMBO == CQL there)
+    cql_alpha: float = 0.1
+    synthetic_fraction: float = 0.25  # of the stage-2 batch (paper: 8 of 32; the official preset: 0.5)
+    imagine_beam: int = 2
+    imagine_horizon: int = 2
+    synthetic_stride: int = 1  # offsets of the real contexts the synthetic segments start from
+    gamma: float = 0.99
+    target_update_every: int = 1000
+    seq_len: int = 8
+    stride: int = 4
+    eval_every: int = 0  # 0 = evaluate only at the end
+    eval_episodes: int = 4  # 0 = no evaluation (best/ is then not written)
+    eval_max_frames: int = 27_000  # emulator frames per evaluation episode (the paper's protocol: 108k)
+    eval_plan: bool = False  # False: greedy on Q (as the official in-training evaluation)
+    eval_beam: int = 2
+    eval_horizon: int = 2
+    eval_backend: str = "auto"
+    from_scratch: bool = False  # random init with the checkpoint's architecture: the paper's "JOWA (scratch)"
+    seed: int = 0
+    device: str = "auto"
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on GPU
+    num_workers: int = 0
+    log_every: int = 50
+    save_every: int = 1000  # model snapshots under checkpoints/ (0 = none)
+
+
+METRICS = ["step", "stage", "loss", "world_obs", "world_reward", "world_end", "td", "action_loss", "q_taken",
+           "q_max", "grad_norm", "n_real", "n_synthetic", "synthetic_reward", "eval_mean", "eval_iqm", "best_mean",
+           "elapsed_s"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Losses
+
+
+def combo_loss(q_logits: Tensor, action: Tensor, valid: Tensor, real: Tensor, support: Tensor,
+               action_mask: Tensor | None = None) -> Tensor:
+    """Unscaled COMBO regulariser (eq. 4): E_{valid steps of all rows}[logsumexp_a Q(s, a)] -
+    E_{valid steps of real rows}[Q(s, a_data)]. With only real rows it equals ``cql_loss``.
+
+    q_logits (H, B, L, A, Z); action (B, L); valid (B, L); real (B,) bool; support (Z,); action_mask (B, A) or
+    None (logsumexp over all A actions).
+    """
+    q = expected_q(q_logits.float(), support)  # (B, L, A)
+    q_neg = q if action_mask is None else q.masked_fill(~action_mask[:, None], -math.inf)
+    neg = torch.logsumexp(q_neg, dim=-1)  # (B, L)
+    act = torch.where(valid, action.long(), 0)
+    pos = q.gather(-1, act[..., None])[..., 0]  # (B, L)
+    pos_rows = valid & real[:, None]
+    return neg[valid].sum() / valid.sum().clamp(min=1) - pos[pos_rows].sum() / pos_rows.sum().clamp(min=1)
+
+
+def finetune_loss(model: WorldActionModel, batch: dict[str, Tensor], real: Tensor, cfg: FinetuneConfig,
+                  action_loss: str, support: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """world_weight * L_world(real rows) + TD(all rows) + alpha * (COMBO or CQL)(all rows); and its terms.
+
+    ``real`` (B,) bool marks the real rows (synthetic rows are False)."""
+    obs_tokens, action = batch["obs_tokens"], batch["action"]
+    out = model(segment_tokens(obs_tokens, action), batch["game_id"], with_target=True)
+    w = world_losses(out.obs_logits[real], out.reward_logits[real], out.end_logits[real], obs_tokens[real],
+                     batch["reward"][real], batch["terminal"][real], batch["valid"][real])
+    world = w["obs"] + w["reward"] + w["end"]
+    valid, mask = batch["valid"], batch["action_mask"]
+    td = td_loss(out.q_logits, out.q_target_logits, action, batch["reward"], batch["terminal"], valid, mask,
+                 support, cfg.gamma)
+    if action_loss == "combo":
+        reg = combo_loss(out.q_logits, action, valid, real, support, mask)
+    else:
+        reg = cql_loss(out.q_logits, action, valid, support, mask)
+    loss = cfg.world_weight * world + td + cfg.cql_alpha * reg
+    with torch.no_grad():
+        q = expected_q(out.q_logits.float(), support)
+        rv = valid & real[:, None]
+        q_taken = q.gather(-1, action[..., None])[..., 0][rv]
+        q_max = q.masked_fill(~mask[:, None], -math.inf).amax(-1)[valid]
+    return loss, {"loss": loss, "world_obs": w["obs"], "world_reward": w["reward"], "world_end": w["end"],
+                  "td": td, "action_loss": reg, "q_taken": q_taken.mean(), "q_max": q_max.mean()}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Synthetic segments
+
+
+def best_path(result: PlanResult) -> dict[str, Tensor]:
+    """The best leaf's path of a recorded beam search: ``action`` (N, H), ``reward`` (N, H), ``obs_tokens``
+    (N, H, 36) of the imagined steps, and ``leaf_q`` (N, A) (masked Q̂ at the last imagined observation)."""
+    tree = result.tree
+    if not tree:
+        raise ValueError("the plan has no recorded tree (use record=True, beam >= 2, horizon >= 1)")
+    N = tree[0]["action"].shape[0]
+    rows = torch.arange(N, device=tree[0]["action"].device)
+    idx = tree[-1]["score"].argmax(-1)  # (N,) child index at the last depth
+    actions, rewards, obs = [], [], []
+    leaf_q = tree[-1]["q"][rows, idx]
+    for d in range(len(tree) - 1, -1, -1):
+        node = tree[d]
+        actions.append(node["action"][rows, idx])
+        rewards.append(node["reward"][rows, idx])
+        obs.append(node["obs_tokens"][rows, idx])
+        if d > 0:
+            idx = tree[d - 1]["keep"][rows, node["parent"][rows, idx]]
+    return {"action": torch.stack(actions[::-1], 1), "reward": torch.stack(rewards[::-1], 1),
+            "obs_tokens": torch.stack(obs[::-1], 1), "leaf_q": leaf_q}
+
+
+@torch.no_grad()
+def synthesize(model: WorldActionModel, real: dict[str, Tensor], beam: int = 2, horizon: int = 2,
+               gamma: float = 0.99) -> dict[str, Tensor]:
+    """Synthetic segments of R + H steps from R real steps (all valid, none terminal) and an H-step plan.
+
+    Steps 0..R-2 keep their real observation, action and reward; step R-1 keeps its real observation and takes
+    the planned first action and its imagined reward; steps R..R+H-1 are the imagined observations with the
+    planned actions and rewards, the last one's action being the greedy action of Q̂ there (reward 0: it is the
+    segment's last step, so it has no TD term). terminal False, valid True; task id and action mask as ``real``.
+    """
+    obs, action = real["obs_tokens"], real["action"]
+    R = obs.shape[1]
+    context = segment_tokens(obs, action)[:, :-1]  # the last observation has no action yet
+    was_training = model.training
+    model.eval()
+    try:
+        res = plan(model, context, real["game_id"], real["action_mask"], beam=beam, horizon=horizon, gamma=gamma,
+                   record=True)
+    finally:
+        model.train(was_training)
+    path = best_path(res)
+    last_action = path["leaf_q"].argmax(-1, keepdim=True)
+    N, dev = obs.shape[0], obs.device
+    out = {
+        "obs_tokens": torch.cat([obs, path["obs_tokens"].to(obs.dtype)], 1),
+        "action": torch.cat([action[:, :R - 1], path["action"].to(action.dtype), last_action.to(action.dtype)], 1),
+        "reward": torch.cat([real["reward"][:, :R - 1], path["reward"].to(real["reward"].dtype),
+                             torch.zeros(N, 1, dtype=real["reward"].dtype, device=dev)], 1),
+        "terminal": torch.zeros(N, R + horizon, dtype=torch.bool, device=dev),
+        "valid": torch.ones(N, R + horizon, dtype=torch.bool, device=dev),
+        "game_id": real["game_id"].clone(),
+        "action_mask": real["action_mask"].clone(),
+    }
+    return out
+
+
+def _batches(loader) -> Iterator[dict[str, Tensor]]:
+    """Endless batches, one epoch after another."""
+    epoch = 0
+    while True:
+        loader.batch_sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _full_contexts(batches: Iterator[dict[str, Tensor]], n: int) -> dict[str, Tensor]:
+    """``n`` real segments whose steps are all valid and not terminal, drawn from ``batches``."""
+    parts: list[dict[str, Tensor]] = []
+    have = 0
+    for _ in range(10_000):
+        b = next(batches)
+        ok = b["valid"].all(1) & ~b["terminal"].any(1)
+        if ok.any():
+            parts.append({k: v[ok] for k, v in b.items()})
+            have += int(ok.sum())
+        if have >= n:
+            return {k: torch.cat([p[k] for p in parts])[:n] for k in parts[0]}
+    raise ValueError("the data has no run of enough consecutive non-terminal steps for synthetic segments")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Run
+
+
+def _concat(a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: torch.cat([a[k], b[k]]) for k in a}
+
+
+def _own_task(batch: dict[str, Tensor], task_id: int, mask: Tensor) -> dict[str, Tensor]:
+    batch["game_id"] = torch.full_like(batch["game_id"], task_id)
+    batch["action_mask"] = mask.expand_as(batch["action_mask"]).clone()
+    return batch
+
+
+def _check(cfg: FinetuneConfig) -> None:
+    if cfg.stage1_steps < 0 or cfg.stage2_steps < 0 or cfg.stage1_steps + cfg.stage2_steps < 1:
+        raise ValueError("stage1_steps and stage2_steps must be >= 0 with a positive sum")
+    if cfg.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if not 0.0 <= cfg.synthetic_fraction < 1.0:
+        raise ValueError(f"synthetic_fraction must be in [0, 1), got {cfg.synthetic_fraction}")
+    if cfg.action_loss not in ("combo", "cql"):
+        raise ValueError(f"action_loss must be combo or cql, got {cfg.action_loss!r}")
+    if cfg.imagine_beam < 2 or cfg.imagine_horizon < 1:
+        raise ValueError("imagine_beam must be >= 2 and imagine_horizon >= 1")
+    if cfg.eval_episodes < 0 or cfg.eval_every < 0:
+        raise ValueError("eval_episodes and eval_every must be >= 0")
+
+
+def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str | os.PathLike, game: str,
+             data: str | os.PathLike, out: str | os.PathLike, reporter=None) -> dict[str, Any]:
+    """Fine-tune the world-action model of ``ckpt_path`` on ``game``'s store ``data`` (with obs_tokens) into the
+    run directory ``out``; returns (and writes to ``out/summary.json``) a summary with the best and final
+    models. ``tokenizer`` is used by the evaluations only."""
+    reporter = reporter or NullReporter()
+    _check(cfg)
+    out = Path(out)
+    info = _games.get(game)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("fine-tuning runs in one process (no torchrun)")
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty: choose another --out")
+    if not Path(data).exists():
+        raise FileNotFoundError(f"no store at {data}")
+    if cfg.eval_episodes:
+        from jowa_core.models.tokenizer import resolve_tokenizer
+
+        resolve_tokenizer(tokenizer)  # fail now, not after training
+    device = pick_device(cfg.device, 0)
+    model, meta = load_world_action(str(ckpt_path), device)
+    mcfg = model.cfg
+    if info.task_id >= mcfg.max_tasks:
+        raise ValueError(f"{info.name} has task id {info.task_id} >= the model's max_tasks {mcfg.max_tasks}")
+    R = mcfg.max_steps - cfg.imagine_horizon
+    if R < 1:
+        raise ValueError(f"imagine_horizon {cfg.imagine_horizon} leaves no real step in {mcfg.max_steps} steps")
+    if cfg.seq_len > mcfg.max_steps:
+        raise ValueError(f"seq_len {cfg.seq_len} > the model's {mcfg.max_steps} steps")
+
+    n_syn = int(round(cfg.batch_size * cfg.synthetic_fraction)) if cfg.stage2_steps else 0
+    loader = make_loader(data, cfg.batch_size, seq_len=cfg.seq_len, stride=cfg.stride, seed=cfg.seed,
+                         num_workers=cfg.num_workers, observations="tokens")
+    ds = loader.dataset
+    if ds.games != [info.name]:
+        raise ValueError(f"{data} holds {', '.join(ds.games)}, not {info.name}")
+    vocab = _store_vocab(ds.paths)
+    if vocab is not None and vocab != mcfg.obs_vocab:
+        raise ValueError(f"the store's obs_tokens have vocab {vocab}, the model {mcfg.obs_vocab}")
+    syn_loader = make_loader(data, max(n_syn, 1) * 2, seq_len=R, stride=cfg.synthetic_stride,
+                             seed=cfg.seed + 10_000, num_workers=0, observations="tokens") if n_syn else None
+    mask = torch.as_tensor(info.action_mask(), dtype=torch.bool, device=device)[None]
+
+    if cfg.from_scratch:
+        torch.manual_seed(cfg.seed)
+        model = WorldActionModel(mcfg).to(device)
+    model.update_target()
+    model.requires_grad_(True)
+    model.head_q_target.requires_grad_(False)
+    opt = build_optimizer(model, TrainConfig(lr_world_stage1=cfg.lr, lr_q=cfg.lr, weight_decay=cfg.weight_decay,
+                                             betas=list(cfg.betas)))
+    support = model.support
+    use_amp = device.type == "cuda" and cfg.amp != "off" or cfg.amp == "bf16"
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "config.yaml")
+    with open(out / "metrics.csv", "w", newline="") as f:
+        csv.DictWriter(f, METRICS).writeheader()
+    torch.manual_seed(cfg.seed)
+    total = cfg.stage1_steps + cfg.stage2_steps
+    real_batches = _batches(loader)
+    syn_batches = _batches(syn_loader) if syn_loader is not None else None
+    task = reporter.task("finetune", total=total, unit="steps")
+    evals: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    sums: dict[str, float] = {}
+    n_sum, t0 = 0, time.perf_counter()
+    extra = {"game": info.name, "task_id": info.task_id, "source": str(ckpt_path), "from_scratch": cfg.from_scratch}
+
+    def snapshot(step: int, stage: int) -> Path:
+        path = out / "checkpoints" / f"step_{step:08d}"
+        save_world_action(model, str(path), step=step, stage=stage, games=[info.name], **extra)
+        return path
+
+    def run_eval(path: Path, step: int) -> dict[str, Any]:
+        from jowa_core.evaluation.envs import EvalSettings
+        from jowa_core.evaluation.runner import evaluate
+
+        res = evaluate(path, tokenizer, info.name, episodes=cfg.eval_episodes,
+                       settings=EvalSettings(max_frames=cfg.eval_max_frames), beam=cfg.eval_beam,
+                       horizon=cfg.eval_horizon, plan=cfg.eval_plan, seed=cfg.seed, device=str(device),
+                       backend=cfg.eval_backend, out_json=out / "evals" / f"step_{step:08d}.json")
+        g = res["games"][info.name]
+        return {"step": step, "mean": g["mean"], "iqm": g["iqm"], "std": g["std"], "raw_scores": g["raw_scores"]}
+
+    model.train()
+    step = 0
+    while step < total:
+        stage = 1 if step < cfg.stage1_steps else 2
+        batch = _own_task({k: v.to(device) for k, v in next(real_batches).items()}, info.task_id, mask)
+        n_s = n_syn if stage == 2 else 0
+        if n_s:
+            batch = {k: v[:cfg.batch_size - n_s] for k, v in batch.items()}
+            ctx = _own_task({k: v.to(device) for k, v in _full_contexts(syn_batches, n_s).items()},
+                            info.task_id, mask)
+            syn = synthesize(model, ctx, cfg.imagine_beam, cfg.imagine_horizon, cfg.gamma)
+            batch = _concat(_pad_steps(batch, syn["action"].shape[1]), syn)
+        real = torch.arange(len(batch["action"]), device=device) < len(batch["action"]) - n_s
+        with autocast():
+            loss, terms = finetune_loss(model, batch, real, cfg, cfg.action_loss if stage == 2 else "cql", support)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                   cfg.grad_clip)
+        opt.step()
+        step += 1
+        if step % cfg.target_update_every == 0:
+            model.update_target()
+        terms = {**terms, "grad_norm": grad_norm, "n_real": int(real.sum()), "n_synthetic": n_s}
+        if n_s:
+            terms["synthetic_reward"] = batch["reward"][~real].float().mean()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach() if isinstance(v, Tensor) else v)
+        n_sum += 1
+        reporter.advance(task)
+        row: dict[str, Any] = {}
+        path = None
+        if cfg.save_every and step % cfg.save_every == 0:
+            path = snapshot(step, stage)
+        do_eval = cfg.eval_episodes > 0 and (step == total or (cfg.eval_every and step % cfg.eval_every == 0))
+        if do_eval:
+            path = path or snapshot(step, stage)
+            e = run_eval(path, step)
+            evals.append(e)
+            if best is None or e["mean"] > best["mean"]:
+                with ckpt.atomic_dir(out / "best") as tmp:
+                    shutil.rmtree(tmp)
+                    shutil.copytree(path, tmp)
+                best = {"path": str(out / "best"), "step": step, "mean": e["mean"], "iqm": e["iqm"]}
+            row.update(eval_mean=e["mean"], eval_iqm=e["iqm"], best_mean=best["mean"])
+            reporter.log(f"step {step}: eval mean return {e['mean']:.1f} (best {best['mean']:.1f} at step "
+                         f"{best['step']})")
+        if step % cfg.log_every == 0 or step == total or do_eval:
+            row.update({k: v / n_sum for k, v in sums.items()}, step=step, stage=stage,
+                       elapsed_s=time.perf_counter() - t0)
+            with open(out / "metrics.csv", "a", newline="") as f:
+                csv.DictWriter(f, METRICS).writerow({k: row.get(k, "") for k in METRICS})
+            reporter.log(f"step {step} (stage {stage}) loss {row['loss']:.4f} td {row['td']:.4f} "
+                         f"{cfg.action_loss if stage == 2 else 'cql'} {row['action_loss']:.4f}")
+            sums, n_sum = {}, 0
+    save_world_action(model, str(out / "final"), step=step, stage=2 if cfg.stage2_steps else 1,
+                      games=[info.name], **extra)
+    summary = {"out": str(out), "game": info.name, "task_id": info.task_id, "step": step,
+               "from_scratch": cfg.from_scratch, "source_checkpoint": str(ckpt_path),
+               "source_step": meta.get("step"), "final": {"path": str(out / "final"), "step": step},
+               "best": best, "evals": evals, "synthetic_per_batch": n_syn, "device": str(device),
+               "trainable_parameters": model.num_trainable_parameters(),
+               "param_fingerprint": param_fingerprint(model), "config": to_dict(cfg)}
+    ckpt.write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def _pad_steps(batch: dict[str, Tensor], steps: int) -> dict[str, Tensor]:
+    """Right-pad the real rows to ``steps`` steps (padding: obs 0, action 0, reward 0, not valid)."""
+    L = batch["action"].shape[1]
+    if steps == L:
+        return batch
+    if steps < L:
+        raise ValueError(f"seq_len {L} is longer than the synthetic segments ({steps} steps)")
+    pad = steps - L
+    out = dict(batch)
+    for k in ("obs_tokens", "action", "reward", "terminal", "valid"):
+        v = batch[k]
+        out[k] = torch.cat([v, v.new_zeros((v.shape[0], pad, *v.shape[2:]))], 1)
+    return out
