@@ -9,14 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import zarr
+from conftest import make_token_stores
 
 from jowa_core import games
 from jowa_core.config import from_dict
-from jowa_core.data.collect import collect
-from jowa_core.data.convert import PrepareOptions, prepare_data
 from jowa_core.data.segments import make_loader
-from jowa_core.data.store import open_store
 from jowa_core.models.losses import cql_loss
 from jowa_core.models.tokenizer import Tokenizer, TokenizerConfig, save_tokenizer
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, load_world_action, save_world_action
@@ -27,23 +24,10 @@ VOCAB = 64
 GAME = "Pong"
 
 
-def quantise(frames: np.ndarray) -> np.ndarray:
-    blocks = frames.astype(np.float32).reshape(-1, 6, 14, 6, 14).mean((2, 4)).reshape(-1, 36)
-    return np.minimum(blocks / 256 * VOCAB * 4, VOCAB - 1).astype(np.int16)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("finetune")
-    collect([GAME], [1], root / "raw", num_steps=2000, capacity=1000, seed=0, workers=1)
-    prepare_data(PrepareOptions(source=str(root / "raw"), out=str(root / "data"), games=[GAME], workers=1))
-    path = root / "data" / f"{GAME}.zarr"
-    s = open_store(path)
-    tok = quantise(s.frames.read_range(0, s.num_steps))
-    arr = zarr.open_group(str(path), mode="r+", zarr_format=3).create_array(
-        "obs_tokens", shape=tok.shape, dtype="int16", chunks=(4096, 36))
-    arr[:] = tok
-    arr.attrs["tokenizer_config"] = {"vocab_size": VOCAB}
+    path = make_token_stores(root, [GAME], num_steps=2000, capacity=1000, vocab=VOCAB) / f"{GAME}.zarr"
     torch.manual_seed(0)
     mcfg = from_dict(WorldActionConfig, {"preset": "tiny", "num_layers": 1, "embed_dim": 32, "num_heads": 2,
                                          "q_mlp_dim": 32, "num_q": 2, "obs_vocab": VOCAB})

@@ -11,16 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import zarr
+from conftest import make_token_stores
 
 from jowa_core import checkpoint as ckpt
 from jowa_core.config import from_dict
-from jowa_core.data.collect import collect
-from jowa_core.data.convert import PrepareOptions, prepare_data
-from jowa_core.data.store import open_store
 from jowa_core.models.world_action import load_world_action
 from jowa_core.train.pretrain import PretrainConfig, build_optimizer, param_fingerprint, pretrain
 
@@ -29,26 +25,10 @@ VOCAB = 64
 GAMES = ["Pong", "Breakout"]
 
 
-def quantise(frames: np.ndarray) -> np.ndarray:
-    """A fixed 'tokenizer' for these tests: 6x6 block means in VOCAB levels -> (N, 36) int16."""
-    blocks = frames.astype(np.float32).reshape(-1, 6, 14, 6, 14).mean((2, 4)).reshape(-1, 36)
-    return np.minimum(blocks / 256 * VOCAB * 4, VOCAB - 1).astype(np.int16)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pretrain")
-    collect(GAMES, [1], root / "raw", num_steps=2500, capacity=1000, seed=0, workers=2)
-    prepare_data(PrepareOptions(source=str(root / "raw"), out=str(root / "data"), games=GAMES, workers=1))
-    for g in GAMES:
-        path = root / "data" / f"{g}.zarr"
-        s = open_store(path)
-        tok = quantise(s.frames.read_range(0, s.num_steps))
-        arr = zarr.open_group(str(path), mode="r+", zarr_format=3).create_array(
-            "obs_tokens", shape=tok.shape, dtype="int16", chunks=(4096, 36))
-        arr[:] = tok
-        arr.attrs["tokenizer_config"] = {"vocab_size": VOCAB}
-    return root / "data"
+    return make_token_stores(tmp_path_factory.mktemp("pretrain"), GAMES, num_steps=2500, capacity=1000, vocab=VOCAB,
+                             workers=2)
 
 
 def config(data: Path, **train) -> PretrainConfig:
