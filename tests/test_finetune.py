@@ -179,3 +179,15 @@ def test_cli_bad_input_exits_2(setup, tmp_path):
     r = CliRunner().invoke(app, bad)
     assert r.exit_code == 2, r.output
     assert not (tmp_path / "r").exists()  # nothing written on bad input
+
+
+def test_shipped_configs_load_paper_and_official_presets():
+    from jowa_core.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    paper = load_config(FinetuneConfig, root / "finetune.yaml")
+    official = load_config(FinetuneConfig, root / "finetune-official.yaml")
+    assert (paper.stage1_steps, paper.stage2_steps, paper.action_loss, paper.synthetic_fraction, paper.batch_size) == (
+        3000, 7000, "combo", 0.25, 32)
+    assert (official.stage1_steps + official.stage2_steps, official.action_loss, official.synthetic_fraction) == (
+        50000, "cql", 0.5)
