@@ -77,8 +77,6 @@ def train(
 
     Example: jowa bench train --preset 150m --batch-size 512 --amp bf16 --compile --record docs/benchmarks.md
     """
-    from rich.console import Console
-    from rich.table import Table
 
     from jowa_core.progress import make_reporter
     from jowa_core.train.bench import bench_train, table_rows
@@ -90,15 +88,7 @@ def train(
                              overrides=overrides or (), reporter=reporter, markdown=record or None)
     finally:
         reporter.close()
-    console = Console()
-    table = Table(title=f"jowa bench train — {result['device']}, torch {result['torch']}")
-    for col in ("measure", "ours", "baseline (official-style)", "ours ÷ baseline"):
-        table.add_column(col)
-    for cells in table_rows(result):
-        table.add_row(*cells)
-    console.print(table)
-    for line in result["summary"]:
-        console.print(line, highlight=False, soft_wrap=True)
+    _print_comparison("train", result, table_rows(result), ("ours", "baseline (official-style)"))
     emit_json(result, json_out or None)
 
 
@@ -134,8 +124,6 @@ def plan(
 
     Example: jowa bench plan --preset 150m --envs 16 --beam 3 --horizon 2 --record docs/benchmarks.md
     """
-    from rich.console import Console
-    from rich.table import Table
 
     from jowa_core.planning.bench import bench_plan, table_rows
     from jowa_core.progress import make_reporter
@@ -148,13 +136,21 @@ def plan(
                             markdown=record or None)
     finally:
         reporter.close()
+    _print_comparison("plan", result, table_rows(result), ("ours (batched)", "baseline (node by node)"))
+    emit_json(result, json_out or None)
+
+
+def _print_comparison(name: str, result: dict, rows: list, columns: tuple[str, str]) -> None:
+    """The rich table of a bench result (measure, ours, baseline, ratio) and its summary lines."""
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console()
-    table = Table(title=f"jowa bench plan — {result['device']}, torch {result['torch']}")
-    for col in ("measure", "ours (batched)", "baseline (node by node)", "ours ÷ baseline"):
+    table = Table(title=f"jowa bench {name} — {result['device']}, torch {result['torch']}")
+    for col in ("measure", *columns, "ours ÷ baseline"):
         table.add_column(col)
-    for cells in table_rows(result):
+    for cells in rows:
         table.add_row(*cells)
     console.print(table)
     for line in result["summary"]:
         console.print(line, highlight=False, soft_wrap=True)
-    emit_json(result, json_out or None)

@@ -179,6 +179,11 @@ def _append_markdown(path: Path, r: dict[str, Any]) -> None:
     append_section(path, lines)
 
 
+def fmt_rate(x: float) -> str:
+    """A rate for benchmark tables: thousands separators from 100 up, 3 significant digits below."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
 def append_section(path: Path, lines: list[str]) -> None:
     """Append markdown ``lines`` to the benchmarks file, creating it with its header if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ import torch
 
 from jowa_core import games as _games
 from jowa_core.config import from_dict
+from jowa_core.data.bench import fmt_rate
 from jowa_core.devices import pick_device
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, segment_tokens
 from jowa_core.planning.beam import plan
@@ -243,22 +244,18 @@ def _bench_plan(preset, envs, beam, horizon, history, decisions, warmup, device,
 # Output
 
 
-def _rate(x: float) -> str:
-    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
-
-
 def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(measure, ours, baseline, ours ÷ baseline) rows shared by the CLI table and the Markdown record."""
     o, g, b = r["ours"], r["greedy"], r["baseline"]
     ratio = f"{r['speedup_vs_baseline']:.1f}" if r["speedup_vs_baseline"] else ""
     rows = [
-        ("env steps/s with planning (= decisions/s)", _rate(o["env_steps_per_s"]),
-         _rate(b["env_steps_per_s"]) if b else "", ratio),
+        ("env steps/s with planning (= decisions/s)", fmt_rate(o["env_steps_per_s"]),
+         fmt_rate(b["env_steps_per_s"]) if b else "", ratio),
         ("time per decision, all envs (s)", f"{o['call_time_median_s']:.4g}",
          f"{b['env_decision_time_median_s'] * r['envs']:.4g}" if b else "", ""),
         ("time per decision per env (ms)", f"{1e3 * o['call_time_median_s'] / r['envs']:.4g}",
          f"{1e3 * b['env_decision_time_median_s']:.4g}" if b else "", ""),
-        ("greedy env steps/s (no planning)", _rate(g["env_steps_per_s"]), "", ""),
+        ("greedy env steps/s (no planning)", fmt_rate(g["env_steps_per_s"]), "", ""),
     ]
     if r["agreement_with_baseline"] is not None:
         rows.append(("same action as ours", "", f"{100 * r['agreement_with_baseline']:.0f}%", ""))

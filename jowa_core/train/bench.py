@@ -37,10 +37,12 @@ import numpy as np
 import torch
 
 from jowa_core.config import apply_overrides, from_dict, to_dict
+from jowa_core.data.bench import fmt_rate
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel
 from jowa_core.progress import NullReporter
 from jowa_core.train.dist import pick_device
 from jowa_core.train.pretrain import TrainConfig, build_optimizer, jowa_loss, set_stage_lr
+from jowa_core.train.step import optimizer_step
 
 BENCH_GAMES = ("Breakout", "Pong", "SpaceInvaders", "Seaquest", "MsPacman")  # action masks of 4 to 18 actions
 
@@ -221,10 +223,7 @@ class _Run:
     def step(self, i: int) -> None:
         with self.autocast():
             loss, _ = jowa_loss(self.net, self.batches[i % 2], self.stage, self.tcfg, self.model.support)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, self.tcfg.grad_clip)
-        self.opt.step()
+        optimizer_step(self.opt, loss, self.params, self.tcfg.grad_clip)
         self.loss = loss.detach()
 
     def warm_up(self, warmup: int, reporter, task: int) -> None:
@@ -442,10 +441,6 @@ def bench_train(preset: str = "150m", batch_size: int = 512, steps: int = 20, wa
 # Output
 
 
-def _fmt_rate(x: float) -> str:
-    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
-
-
 def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(measure, ours, baseline, ours ÷ baseline) rows shared by the CLI table and the Markdown record."""
     o, b = r["ours"], r["baseline"]
@@ -465,8 +460,8 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
          (b["attention"] + ", eager") if b is not None else "", ""),
         row("step time, median (s)", "step_time_median_s", lambda x: f"{x:.4g}"),
         row("step time, mean (s)", "step_time_mean_s", lambda x: f"{x:.4g}"),
-        row("tokens/s", "tokens_per_s", _fmt_rate),
-        row("segments/s", "segments_per_s", _fmt_rate),
+        row("tokens/s", "tokens_per_s", fmt_rate),
+        row("segments/s", "segments_per_s", fmt_rate),
         row("model TFLOP/s", "model_tflops", lambda x: f"{x:.3g}"),
         row(f"MFU ({peak})", "mfu", lambda x: f"{100 * x:.1f}%"),
     ]

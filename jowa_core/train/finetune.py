@@ -43,6 +43,7 @@ from jowa_core.models.world_action import (
 from jowa_core.planning.beam import PlanResult, plan
 from jowa_core.progress import NullReporter
 from jowa_core.train.pretrain import TrainConfig, _store_vocab, build_optimizer, param_fingerprint
+from jowa_core.train.step import optimizer_step
 
 
 @dataclass
@@ -353,11 +354,7 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
         real = torch.arange(len(batch["action"]), device=device) < len(batch["action"]) - n_s
         with autocast():
             loss, terms = finetune_loss(model, batch, real, cfg, cfg.action_loss if stage == 2 else "cql", support)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                                   cfg.grad_clip)
-        opt.step()
+        grad_norm = optimizer_step(opt, loss, [p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
         step += 1
         if step % cfg.target_update_every == 0:
             model.update_target()

@@ -35,6 +35,7 @@ from jowa_core.models.losses import cql_loss, expected_q, td_loss, world_losses
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, segment_tokens
 from jowa_core.progress import NullReporter
 from jowa_core.train import dist as jdist
+from jowa_core.train.step import optimizer_step
 
 
 @dataclass
@@ -460,11 +461,7 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
                 batch = _encode_frames(tokenizer, batch)
             with autocast():
                 loss, terms = jowa_loss(wrapped, batch, stage, tcfg, support)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                                       tcfg.grad_clip)
-            opt.step()
+            grad_norm = optimizer_step(opt, loss, [p for p in model.parameters() if p.requires_grad], tcfg.grad_clip)
             step += 1
             state.update(step=step, stage=stage, batch_in_epoch=state["batch_in_epoch"] + 1)
             if step % tcfg.target_update_every == 0:

@@ -46,6 +46,7 @@ from jowa_core.devices import pick_device
 from jowa_core.models.lpips import LPIPS, load_lpips
 from jowa_core.models.tokenizer import KIND, Tokenizer, TokenizerConfig, tokenizer_tensors
 from jowa_core.progress import NullReporter, Reporter
+from jowa_core.train.step import optimizer_step
 
 METRIC_COLUMNS = (
     "step", "total", "reconstruction", "commitment", "perceptual", "heldout_l1", "grad_norm",
@@ -416,10 +417,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data: str | os.PathLike, out: str
         for step, frames in zip(range(start + 1, cfg.steps + 1), batches, strict=True):
             with autocast():
                 losses = model.compute_loss(frames, perceptual, return_tokens=True)
-            opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            grad_norm = optimizer_step(opt, losses["total"], model.parameters(), cfg.grad_clip)
             frames_window += int(frames.shape[0])
             reporter.advance(task, 1)
 
