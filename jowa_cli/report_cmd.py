@@ -15,8 +15,15 @@ def report(
     out: Annotated[str, typer.Option(help="Output folder (report.md, per_game.csv, aggregates.csv, PNGs).")] = (
         "report"
     ),
+    published: Annotated[
+        str,
+        typer.Option(
+            help="Paper baselines to add: auto (Table 2 unless every game is held out; fine-tuning Tables 3/17 "
+            "when any of the 5 held-out games is present), pretrain, finetune, all or none."
+        ),
+    ] = "auto",
     no_published: Annotated[
-        bool, typer.Option("--no-published", help="Leave out the paper's Table 2 baselines.")
+        bool, typer.Option("--no-published", help="Leave out the paper's baselines (= --published none).")
     ] = False,
     reps: Annotated[int, typer.Option(help="Bootstrap replicates for the 95% confidence intervals.")] = 2000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
@@ -25,49 +32,43 @@ def report(
 ) -> None:
     """Tabulate and plot evaluation results: HNS/DNS per game, mean/median/IQM with bootstrap CIs, vs the paper.
 
-    jowa report scores-150m.json scores-70m.json [external.csv] [--out report] [--no-published] [--reps 2000]
-    [--seed 0] [--no-plots] [--json -]
+    jowa report scores-150m.json scores-70m.json [external.csv] [--out report]
+    [--published auto|pretrain|finetune|all|none] [--no-published] [--reps 2000] [--seed 0] [--no-plots] [--json -]
 
     Inputs: `jowa evaluate` JSONs (method = file stem, or JOWA-<preset> for 'scores.json') and CSVs with columns
     method,game,score (one row per game or per episode). Writes per_game.csv, aggregates.csv
     (method,normalization,metric,value,ci_low,ci_high), report.md, report.json and PNG plots (aggregates,
     performance profile, scaling when several model sizes are given, planning vs no planning when both are).
-    The paper's Table 2 baselines are added side by side, labelled "(published)".
+    The paper's baselines are added side by side, labelled "(published)": Table 2 (pretraining, 15 games) and,
+    when the results include held-out games (Gravitar, MsPacman, Pong, Robotank, YarsRevenge), the fine-tuning
+    Tables 3/17; --published picks them explicitly.
     """
     from rich.console import Console
     from rich.table import Table
 
-    from jowa_core.evaluation.report import build_report, load_results
+    from jowa_core.evaluation.report import aggregate_cell, build_report, load_results
 
     if reps < 1:
         raise UserError(f"--reps must be >= 1, got {reps}")
+    if no_published and published.lower() not in ("auto", "none"):
+        raise UserError(f"--no-published contradicts --published {published}")
     methods = load_results(inputs)
-    result = build_report(methods, out, published=not no_published, reps=reps, seed=seed, plots=not no_plots)
+    choice = "none" if no_published else published.lower()
+    result = build_report(methods, out, published=choice, reps=reps, seed=seed, plots=not no_plots)
 
-    def cell(name: str, kind: str, metric: str, digits: int = 3) -> str:
-        a = next((a for a in result["aggregates"] if a["method"] == name and a["normalization"] == kind
-                  and a["metric"] == metric), None)  # fmt: skip
-        if a is None:
-            return "n/a"
-        return f"{a['value']:.{digits}f} [{a['ci_low']:.{digits}f}, {a['ci_high']:.{digits}f}]"
-
+    columns = [("IQM HNS", "human", "iqm"), ("median HNS", "human", "median"), ("mean HNS", "human", "mean"),
+               ("#superhuman", "human", "superhuman"), ("IQM DNS", "dqn", "iqm")]  # fmt: skip
+    if "finetune" in result["settings"]["published"]:  # Table 3 reports mean/median/IQM DNS
+        columns += [("median DNS", "dqn", "median"), ("mean DNS", "dqn", "mean")]
     console = Console(stderr=json_out == "-")
     table = Table(title="Aggregates (95% stratified-bootstrap CIs)")
     table.add_column("method", no_wrap=True)
-    for col in ("IQM HNS", "median HNS", "mean HNS", "#superhuman", "IQM DNS"):
-        table.add_column(col)
+    for col, _, _ in columns:
+        table.add_column(col, min_width=len(col))
     for m in result["methods"]:
-        name = m["name"]
-        style = "dim" if m["published"] else None
-        table.add_row(
-            name,
-            cell(name, "human", "iqm"),
-            cell(name, "human", "median"),
-            cell(name, "human", "mean"),
-            cell(name, "human", "superhuman", 0),
-            cell(name, "dqn", "iqm"),
-            style=style,
-        )
+        cells = [aggregate_cell(result["aggregates"], m["name"], kind, metric, 0 if metric == "superhuman" else 3)
+                 for _, kind, metric in columns]  # fmt: skip
+        table.add_row(m["name"], *cells, style="dim" if m["published"] else None)
     console.print(table)
     for m in result["methods"]:
         for note in m["notes"]:

@@ -1,4 +1,4 @@
-"""Tests for `jowa report`: metrics, the published Table 2 numbers, report building and the CLI."""
+"""Tests for `jowa report`: metrics, the published Table 2 / Tables 3+17 numbers, report building and the CLI."""
 
 from __future__ import annotations
 
@@ -10,9 +10,27 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from jowa_core import games as G
 from jowa_core.evaluation import metrics as M
-from jowa_core.evaluation.published import INCONSISTENT, PUBLISHED, TABLE2_GAMES, get_published
-from jowa_core.evaluation.report import AGG_COLUMNS, MethodScores, build_report, load_results
+from jowa_core.evaluation import published as P
+from jowa_core.evaluation.published import (
+    FINETUNE_GAMES,
+    FINETUNE_INCONSISTENT,
+    FINETUNE_REFERENCE,
+    FINETUNED,
+    INCONSISTENT,
+    PUBLISHED,
+    TABLE2_GAMES,
+    get_published,
+)
+from jowa_core.evaluation.report import (
+    AGG_COLUMNS,
+    MethodScores,
+    build_report,
+    load_results,
+    published_methods,
+    published_tables,
+)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -151,6 +169,79 @@ def test_paper_headline_rows_are_consistent():
 
 
 # --------------------------------------------------------------------------------------------------------------
+# published fine-tuning Tables 3 and 17
+# --------------------------------------------------------------------------------------------------------------
+WITH_SCORES = [n for n, p in FINETUNED.items() if p.scores]
+
+
+def _dns(name: str) -> np.ndarray:
+    p = FINETUNED[name]
+    return np.array([M.normalized(p.scores[g], g, "dqn") for g in FINETUNE_GAMES])
+
+
+def test_finetune_table_shape():
+    assert list(FINETUNED) == ["MTBC-120M-FT", "MGDT-200M-FT", "EDT-200M-FT", "SQL-80M-FT", "FICC-85M-FT",
+                               "JOWA-40M-FT", "JOWA-70M-FT", "JOWA-150M-FT", "JOWA-150M-scratch"]  # fmt: skip
+    assert set(FINETUNE_GAMES) == set(G.GROUPS["atari5"])
+    assert WITH_SCORES == ["MTBC-120M-FT", "MGDT-200M-FT", "EDT-200M-FT", "SQL-80M-FT", "JOWA-150M-FT",
+                           "JOWA-150M-scratch"]  # fmt: skip
+    for p in FINETUNED.values():
+        assert tuple(p.scores) in (FINETUNE_GAMES, ())
+        assert ("v1" in p.source) == bool(p.scores)  # aggregate-only columns come from v2's Table 3
+    assert get_published("jowa-150m-ft").scores["YarsRevenge"] == 17506.2
+    assert FINETUNED["MTBC-120M-FT"].scores["Gravitar"] == 35.7
+    assert FINETUNED["JOWA-150M-scratch"].pretrained is False and FINETUNED["JOWA-150M-scratch"].scores["Pong"] == 8.8
+    assert FINETUNED["JOWA-70M-FT"].printed == {("dqn", "mean"): 0.576, ("dqn", "median"): 0.715,
+                                                ("dqn", "iqm"): 0.603}  # fmt: skip
+
+
+def test_finetune_references_are_the_registry_ones():
+    # Table 17's Random/DQN columns are what the registry normalises with (source jowa-t17)
+    for game, (rand, dqn) in FINETUNE_REFERENCE.items():
+        info = G.get(game)
+        assert (info.random.value, info.dqn.value) == (rand, dqn)
+        assert info.dqn.source == "jowa-t17"
+        assert M.reference(game, "dqn") == (rand, dqn)
+
+
+def test_finetune_printed_tables_agree():
+    # v1 Table 3 repeats Table 17's aggregate rows; v2 Table 3 keeps v1's columns and adds three
+    assert P._T3_AGG == P._T17_AGG
+    assert {k: v for k, v in P._T3_V2_AGG.items() if k in P._T3_AGG} == P._T3_AGG
+    assert set(P._T3_V2_AGG) - set(P._T3_AGG) == {"FICC-85M-FT", "JOWA-40M-FT", "JOWA-70M-FT"}
+    assert set(P._T17) == set(P._T3_AGG)
+
+
+@pytest.mark.parametrize("name", WITH_SCORES)
+def test_finetune_aggregates_reproduce_where_consistent(name):
+    p = FINETUNED[name]
+    dns = _dns(name)
+    # DNS from the registry = DNS from Table 17's own Random/DQN columns
+    direct = [(p.scores[g] - FINETUNE_REFERENCE[g][0]) / (FINETUNE_REFERENCE[g][1] - FINETUNE_REFERENCE[g][0])
+              for g in FINETUNE_GAMES]  # fmt: skip
+    np.testing.assert_allclose(dns, direct)
+    got = M.aggregate(dns)
+    bad = FINETUNE_INCONSISTENT.get(name, {})
+    for (kind, metric), value in p.printed.items():
+        assert kind == "dqn"
+        if metric in bad:
+            assert bad[metric][0] == value
+            assert got[metric] == pytest.approx(bad[metric][1], abs=5e-5)
+            assert abs(got[metric] - value) > 0.0005 + 1e-9
+        else:
+            assert got[metric] == pytest.approx(value, abs=0.0005 + 1e-9), metric
+    assert set(FINETUNE_INCONSISTENT) <= set(WITH_SCORES)
+
+
+def test_finetune_headline_numbers():
+    # "JOWA-150M attains 64.7% IQM DQN-normalized score"; v1's "outperforming baselines by 34.7% on average" is
+    # 0.647 minus the mean printed IQM of the other five columns (scratch included), in points
+    assert round(float(M.iqm(_dns("JOWA-150M-FT"))), 3) == 0.647
+    others = [FINETUNED[n].iqm_dns for n in WITH_SCORES if n != "JOWA-150M-FT"]
+    assert round(0.647 - np.mean(others), 3) == 0.347
+
+
+# --------------------------------------------------------------------------------------------------------------
 # report building
 # --------------------------------------------------------------------------------------------------------------
 def _eval_json(path, preset, plan, scores):
@@ -225,6 +316,9 @@ def test_build_report_outputs(inputs, tmp_path):
     assert {r["normalization"] for r in rows} == {"human", "dqn"}
     assert {r["metric"] for r in rows} == {"mean", "median", "iqm", "superhuman"}
     for r in rows:
+        if r["ci_low"] == "":  # printed aggregates of columns without per-game numbers
+            assert not FINETUNED[r["method"].removesuffix(" (published)")].scores
+            continue
         assert float(r["ci_low"]) <= float(r["value"]) + 1e-9 <= float(r["ci_high"]) + 2e-9
     # published aggregates in the report are recomputed from the per-game numbers
     pub = next(r for r in rows if r["method"] == "JOWA-150M (published)" and r["metric"] == "iqm"
@@ -275,3 +369,112 @@ def test_cli(inputs, tmp_path):
     r = CliRunner().invoke(app, ["report", str(tmp_path / "nope.json"), "--out", str(out)])
     assert r.exit_code == 2
     assert "no such file" in r.output
+
+
+def _read_csv(path):
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_published_tables_choice():
+    held_out = [MethodScores("a", {"Pong": np.array([1.0])})]
+    pretrain = [MethodScores("b", {"Assault": np.array([1.0])})]
+    both = [MethodScores("c", {"Pong": np.array([1.0]), "Assault": np.array([1.0])})]
+    assert published_tables("auto", held_out) == ("finetune",)
+    assert published_tables("auto", pretrain) == ("pretrain",)
+    assert published_tables(True, both) == ("pretrain", "finetune")
+    assert published_tables("auto", []) == ("pretrain",)
+    assert published_tables("all", pretrain) == ("pretrain", "finetune")
+    assert published_tables("FineTune", pretrain) == ("finetune",)
+    assert published_tables("none", held_out) == published_tables(False, held_out) == ()
+    with pytest.raises(ValueError, match="published must be one of"):
+        published_tables("table2", held_out)
+    names = [m.name for m in published_methods(("finetune",))]
+    assert names[0] == "MTBC-120M-FT (published)" and len(names) == len(FINETUNED)
+
+
+def test_report_with_held_out_games_adds_finetune_rows(tmp_path):
+    rng = np.random.default_rng(1)
+    scores = {g: rng.random(3) * G.get(g).dqn.value for g in ("Pong", "Robotank", "MsPacman")}
+    ft = _eval_json(tmp_path / "ft150.json", "150m", True, scores)
+    out = tmp_path / "rep"
+    res = build_report(load_results([ft]), out, reps=100, plots=False)  # auto
+    names = [m["name"] for m in res["methods"]]
+    assert names == ["ft150", *(n + " (published)" for n in FINETUNED)]  # only held-out games: no Table 2
+    assert res["settings"]["published"] == ["finetune"]
+    rows = _read_csv(out / "aggregates.csv")
+    dqn = {(r["method"], r["metric"]): r for r in rows if r["normalization"] == "dqn"}
+    # recomputed from Table 17's raw returns, with CIs; equal to the printed Table 3 values
+    jowa = dqn[("JOWA-150M-FT (published)", "iqm")]
+    assert round(float(jowa["value"]), 3) == 0.647 and float(jowa["ci_low"]) <= 0.647 <= float(jowa["ci_high"])
+    for name in WITH_SCORES:
+        for metric in ("mean", "median", "iqm"):
+            assert float(dqn[(name + " (published)", metric)]["value"]) == pytest.approx(
+                FINETUNED[name].printed[("dqn", metric)], abs=0.0005 + 1e-9
+            )
+    # aggregate-only v2 columns: printed values, no CI, no per-game rows
+    ficc = dqn[("FICC-85M-FT (published)", "median")]
+    assert (float(ficc["value"]), ficc["ci_low"], ficc["ci_high"]) == (0.565, "", "")
+    assert not any(r["method"] == "FICC-85M-FT (published)" and r["normalization"] == "human" for r in rows)
+    per_game = _read_csv(out / "per_game.csv")
+    pg = {(r["method"], r["game"]): r for r in per_game}
+    assert float(pg[("SQL-80M-FT (published)", "Gravitar")]["score"]) == 137.5
+    assert float(pg[("SQL-80M-FT (published)", "Gravitar")]["dns"]) == pytest.approx((137.5 - 173.0) / 300.0)
+    assert not any(r["method"].startswith("FICC") for r in per_game)
+    md = (out / "report.md").read_text()
+    assert "Fine-tuning aggregates as printed" in md and "Tables 3 and 17" in md
+    assert "| JOWA-150M-FT (published) | 0.647 | 0.615 | 0.647 |" in md
+    assert "| JOWA-40M-FT (published) | 0.504 | 0.512 | 0.498 |" in md
+    assert "0.575 (printed)" in md  # FICC's IQM DNS in the aggregates table
+    assert "MTBC-120M (published)" not in md and "Aggregates as printed in the paper" not in md
+    per_game_header = next(line for line in md.splitlines() if line.startswith("| game |"))
+    assert "JOWA-150M-scratch (published)" in per_game_header and "FICC" not in per_game_header
+    ficc_meta = next(m for m in res["methods"] if m["name"] == "FICC-85M-FT (published)")
+    assert ficc_meta["table"] == "finetune" and any("as printed" in n for n in ficc_meta["notes"])
+
+
+def test_report_with_pretraining_games_only_has_no_finetune_rows(tmp_path):
+    csv_path = tmp_path / "mine.csv"
+    csv_path.write_text("method,game,score\nmine-150M,Assault,1500\nmine-150M,Phoenix,4000\n")
+    res = build_report(load_results([csv_path]), tmp_path / "r", reps=50, plots=False)
+    names = {m["name"] for m in res["methods"]}
+    assert "JOWA-150M (published)" in names
+    assert not any(n.endswith("-FT (published)") or "scratch" in n for n in names)
+    assert res["settings"]["published"] == ["pretrain"]
+    assert "Fine-tuning" not in (tmp_path / "r" / "report.md").read_text()
+    # asked for explicitly, they come without held-out games too
+    res = build_report(load_results([csv_path]), tmp_path / "r2", published="finetune", reps=50, plots=False)
+    assert {m["table"] for m in res["methods"] if m["published"]} == {"finetune"}
+    res = build_report(load_results([csv_path]), tmp_path / "r3", published="all", reps=50, plots=False)
+    assert {m["table"] for m in res["methods"] if m["published"]} == {"pretrain", "finetune"}
+    with pytest.raises(ValueError, match="published"):
+        build_report(load_results([csv_path]), tmp_path / "r4", published="yes", reps=50, plots=False)
+
+
+def test_report_notes_mixed_game_sets(inputs, tmp_path):
+    res = build_report(load_results(inputs[:1]), tmp_path / "r", reps=20, plots=False)  # Assault, Pong, ...
+    assert res["settings"]["published"] == ["pretrain", "finetune"]
+    meta = res["methods"][0]
+    assert any("1 held-out" in n for n in meta["notes"])
+
+
+def test_cli_published_option(tmp_path):
+    from jowa_cli.report_cmd import report
+
+    app = typer.Typer()
+    app.command()(report)
+    app.command("noop")(lambda: None)
+    ft = _eval_json(tmp_path / "ft.json", "150m", True, {"Pong": [10.0, 12.0], "Gravitar": [300.0]})
+    base = ["report", str(ft), "--reps", "20", "--no-plots", "--json", "-"]
+    r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    assert "JOWA-150M-FT (published)" in r.output and "MTBC-120M (published)" not in r.output
+    r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "b"), "--published", "pretrain"])
+    assert r.exit_code == 0, r.output
+    assert "JOWA-150M-FT (published)" not in r.output and "MTBC-120M (published)" in r.output
+    r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "c"), "--no-published"])
+    assert r.exit_code == 0 and "(published)" not in r.output
+    r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "d"), "--published", "bogus"])
+    assert r.exit_code == 2 and "published must be one of auto, pretrain" in r.output
+    r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "e"), "--published", "all", "--no-published"])
+    assert r.exit_code == 2 and "contradicts" in r.output

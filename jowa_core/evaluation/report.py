@@ -1,8 +1,9 @@
 """`jowa report`: per-game and aggregate tables, confidence intervals and plots from evaluation results.
 
 Inputs are ``jowa evaluate`` JSON files (format ``jowa-eval``) and CSV files with columns ``method,game,score``
-(one row per game or per episode). The paper's Table 2 columns (:mod:`jowa_core.evaluation.published`) can be
-added side by side, labelled "(published)". See ``docs/report.md``.
+(one row per game or per episode). The paper's Table 2 (pretraining) and Tables 3/17 (fine-tuning on the 5
+held-out games) columns (:mod:`jowa_core.evaluation.published`) can be added side by side, labelled "(published)".
+See ``docs/report.md``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,15 +20,41 @@ import numpy as np
 
 from jowa_core import games as _games
 from jowa_core.evaluation import metrics as M
-from jowa_core.evaluation.published import INCONSISTENT, PUBLISHED, SOURCE
+from jowa_core.evaluation.published import (
+    FINETUNE_INCONSISTENT,
+    FINETUNE_SOURCE,
+    FINETUNED,
+    INCONSISTENT,
+    PUBLISHED,
+    SOURCE,
+    PublishedFinetune,
+    PublishedMethod,
+)
 
-__all__ = ["AGG_COLUMNS", "MethodScores", "build_report", "load_results", "published_methods"]
+__all__ = [
+    "AGG_COLUMNS",
+    "PUBLISHED_CHOICES",
+    "MethodScores",
+    "aggregate_cell",
+    "build_report",
+    "load_results",
+    "published_methods",
+    "published_tables",
+]
 
 AGG_COLUMNS = ("method", "normalization", "metric", "value", "ci_low", "ci_high")
 PER_GAME_COLUMNS = ("method", "game", "episodes", "score", "hns", "dns", "published")
 METRICS = ("mean", "median", "iqm", "superhuman")
 PRESETS = ("40m", "70m", "150m")
 PUBLISHED_SUFFIX = " (published)"
+PUBLISHED_CHOICES = ("auto", "pretrain", "finetune", "all", "none")
+PUBLISHED_TABLES = ("pretrain", "finetune")  # Table 2; Tables 3/17
+_PRINTED_TITLES = {
+    "pretrain": f"Aggregates as printed in the paper ({SOURCE})",
+    "finetune": f"Fine-tuning aggregates as printed in the paper ({FINETUNE_SOURCE}; FICC-85M and JOWA-40M/70M: "
+    "v2 Table 3), 5 held-out games",
+}
+_HELD_OUT = frozenset(_games.GROUPS["atari5"])
 
 
 @dataclass
@@ -40,6 +68,7 @@ class MethodScores:
     preset: str | None = None
     plan: bool | None = None
     notes: list[str] = field(default_factory=list)
+    paper: PublishedMethod | PublishedFinetune | None = None  # the published column, for published methods
 
 
 def _infer_preset(name: str) -> str | None:
@@ -145,22 +174,49 @@ def load_results(paths: list[str] | list[Path]) -> list[MethodScores]:
     return methods
 
 
-def published_methods() -> list[MethodScores]:
-    """The paper's Table 2 columns as methods named '<name> (published)'."""
+def published_tables(published: bool | str, methods: list[MethodScores]) -> tuple[str, ...]:
+    """The published tables to add for ``published`` (one of ``PUBLISHED_CHOICES``; True = 'auto', False = 'none').
+
+    'auto': Table 2 ('pretrain') unless every game of ``methods`` is one of the 5 held-out games, and the
+    fine-tuning Tables 3/17 ('finetune') when any game is held out.
+    """
+    choice = ("auto" if published else "none") if isinstance(published, bool) else str(published).lower()
+    if choice not in PUBLISHED_CHOICES:
+        raise ValueError(f"published must be one of {', '.join(PUBLISHED_CHOICES)}, got {published!r}")
+    if choice == "auto":
+        games = {g for m in methods for g in m.scores}
+        wanted = {"pretrain": not games or bool(games - _HELD_OUT), "finetune": bool(games & _HELD_OUT)}
+        return tuple(t for t in PUBLISHED_TABLES if wanted[t])
+    return {"all": PUBLISHED_TABLES, "none": ()}.get(choice, (choice,))
+
+
+def published_methods(tables: Iterable[str] = ("pretrain",)) -> list[MethodScores]:
+    """The paper's columns as methods named '<name> (published)': Table 2 ('pretrain'), Tables 3/17 ('finetune')."""
+    columns: dict[str, tuple[dict[str, Any], dict[str, dict[str, tuple[float, float]]]]] = {
+        "pretrain": (PUBLISHED, INCONSISTENT),
+        "finetune": (FINETUNED, FINETUNE_INCONSISTENT),
+    }
     out = []
-    for name, p in PUBLISHED.items():
-        notes = [f"printed {k}={v[0]} but recomputed {v[1]}" for k, v in INCONSISTENT.get(name, {}).items()]
-        out.append(
-            MethodScores(
-                name + PUBLISHED_SUFFIX,
-                {g: np.array([s]) for g, s in p.scores.items()},
-                SOURCE,
-                published=True,
-                preset=p.preset,
-                plan=p.plan,
-                notes=notes,
+    for table in PUBLISHED_TABLES:
+        if table not in tables:
+            continue
+        table_columns, inconsistent = columns[table]
+        for name, p in table_columns.items():
+            notes = [f"printed {k}={v[0]} but recomputed {v[1]}" for k, v in inconsistent.get(name, {}).items()]
+            if not p.scores:
+                notes.append("aggregates as printed (no per-game numbers published), without confidence intervals")
+            out.append(
+                MethodScores(
+                    name + PUBLISHED_SUFFIX,
+                    {g: np.array([s]) for g, s in p.scores.items()},
+                    p.source,
+                    published=True,
+                    preset=p.preset,
+                    plan=p.plan,
+                    notes=notes,
+                    paper=p,
+                )
             )
-        )
     return out
 
 
@@ -182,19 +238,22 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 def build_report(
     methods: list[MethodScores],
     out: str | Path,
-    published: bool = True,
+    published: bool | str = "auto",
     reps: int = 2000,
     seed: int = 0,
     plots: bool = True,
 ) -> dict[str, Any]:
     """Write ``per_game.csv``, ``aggregates.csv``, ``report.md``, ``report.json`` and PNG plots into ``out``.
 
-    Returns a dict with ``methods`` (name, source, published, preset, plan, games, notes), ``per_game`` rows,
-    ``aggregates`` rows (``AGG_COLUMNS`` plus ``games``) and ``files``.
+    ``published`` picks the paper's baselines to add (see :func:`published_tables`). Returns a dict with
+    ``methods`` (name, source, published, table, preset, plan, games, notes), ``per_game`` rows, ``aggregates``
+    rows (``AGG_COLUMNS`` plus ``games``; published columns without per-game numbers give their printed values
+    without CIs) and ``files``.
     """
+    tables = published_tables(published, methods)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    all_methods = list(methods) + (published_methods() if published else [])
+    all_methods = list(methods) + published_methods(tables)
     if not all_methods:
         raise ValueError("nothing to report")
     per_game: list[dict[str, Any]] = []
@@ -202,6 +261,17 @@ def build_report(
     profiles: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     taus = np.linspace(0.0, 3.0, 121)
     for m in all_methods:
+        if m.paper is not None and not m.scores:  # published aggregates only: the printed values
+            aggregates += [
+                {"method": m.name, "normalization": kind, "metric": metric, "value": float(v), "ci_low": None,
+                 "ci_high": None, "games": len(m.paper.games)}
+                for (kind, metric), v in m.paper.printed.items()
+            ]  # fmt: skip
+            continue
+        held_out = len(_HELD_OUT & m.scores.keys())
+        if tables and not m.published and 0 < held_out < len(m.scores):
+            m.notes.append(f"aggregates mix {held_out} held-out (fine-tuning) game(s) with {len(m.scores) - held_out}"
+                           " other(s); each published table covers one game set")  # fmt: skip
         norm = {kind: _norm_runs(m, kind) for kind in M.KINDS}
         for game, s in m.scores.items():
             hns, dns = norm["human"].get(game), norm["dqn"].get(game)
@@ -242,6 +312,7 @@ def build_report(
             "name": m.name,
             "source": m.source,
             "published": m.published,
+            "table": m.paper.table if m.paper is not None else None,
             "preset": m.preset,
             "plan": m.plan,
             "games": list(m.scores),
@@ -251,13 +322,13 @@ def build_report(
     ]
     if plots:
         files.update(_plots(out, all_methods, aggregates, profiles))
-    files["report.md"] = _write_markdown(out / "report.md", meta, per_game, aggregates, files)
+    files["report.md"] = _write_markdown(out / "report.md", all_methods, per_game, aggregates, files)
     result = {
         "methods": meta,
         "per_game": per_game,
         "aggregates": aggregates,
         "files": files,
-        "settings": {"reps": reps, "seed": seed, "published": published},
+        "settings": {"reps": reps, "seed": seed, "published": list(tables)},
     }
     (out / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     files["report.json"] = str(out / "report.json")
@@ -281,17 +352,31 @@ def _agg(aggregates: list[dict[str, Any]], method: str, kind: str, metric: str) 
 def _cell(a: dict[str, Any] | None, digits: int = 3) -> str:
     if a is None:
         return "n/a"
+    if a["ci_low"] is None:
+        return f"{a['value']:.{digits}f} (printed)"
     return f"{a['value']:.{digits}f} [{a['ci_low']:.{digits}f}, {a['ci_high']:.{digits}f}]"
+
+
+def aggregate_cell(aggregates: list[dict[str, Any]], method: str, kind: str, metric: str, digits: int = 3) -> str:
+    """'value [ci_low, ci_high]' of one aggregate row ('value (printed)' without CI, 'n/a' when missing)."""
+    return _cell(_agg(aggregates, method, kind, metric), digits)
+
+
+def _printed_header(kind: str, metric: str) -> str:
+    if metric == "superhuman":
+        return "#superhuman"
+    return f"{'IQM' if metric == 'iqm' else metric} {'HNS' if kind == 'human' else 'DNS'}"
 
 
 def _write_markdown(
     path: Path,
-    meta: list[dict[str, Any]],
+    methods: list[MethodScores],
     per_game: list[dict[str, Any]],
     aggregates: list[dict[str, Any]],
     files: dict[str, str],
 ) -> str:
-    names = [m["name"] for m in meta]
+    names = [m.name for m in methods]
+    papers = [m.paper for m in methods if m.paper is not None]
     lines = [
         "# JOWA evaluation report",
         "",
@@ -301,43 +386,51 @@ def _write_markdown(
         "Superhuman = games with normalised score > 1.",
         "",
     ]
-    if any(m["published"] for m in meta):
+    if papers:
         lines += [
-            f"Rows marked **(published)** are numbers printed in the paper ({SOURCE}), not results of this "
-            "code; their intervals resample games.",
+            f"Rows marked **(published)** are numbers printed in the paper "
+            f"({'; '.join(dict.fromkeys(p.source for p in papers))}), not results of this code; their intervals "
+            "resample games.",
             "",
         ]
     lines += [
         "## Aggregates",
         "",
-        "| method | games | IQM HNS | median HNS | mean HNS | #superhuman | IQM DNS | median DNS |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | games | IQM HNS | median HNS | mean HNS | #superhuman | IQM DNS | median DNS | mean DNS |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for n in names:
-        iq = _agg(aggregates, n, "human", "iqm")
-        sh = _agg(aggregates, n, "human", "superhuman")
-        med = _agg(aggregates, n, "human", "median")
+        iq = _agg(aggregates, n, "human", "iqm") or _agg(aggregates, n, "dqn", "iqm")
         lines.append(
-            f"| {n} | {iq['games'] if iq else 0} | {_cell(iq)} | {_cell(med)}"
-            f" | {_cell(_agg(aggregates, n, 'human', 'mean'))} | {_cell(sh, 0)}"
-            f" | {_cell(_agg(aggregates, n, 'dqn', 'iqm'))} | {_cell(_agg(aggregates, n, 'dqn', 'median'))} |"
-        )
-    if any(m["published"] for m in meta):
+            f"| {n} | {iq['games'] if iq else 0} | "
+            + " | ".join(aggregate_cell(aggregates, n, kind, metric, 0 if metric == "superhuman" else 3)
+                         for kind, metric in (("human", "iqm"), ("human", "median"), ("human", "mean"),
+                                              ("human", "superhuman"), ("dqn", "iqm"), ("dqn", "median"),
+                                              ("dqn", "mean")))
+            + " |"
+        )  # fmt: skip
+    for table in PUBLISHED_TABLES:
+        cols = [p for p in papers if p.table == table]
+        if not cols:
+            continue
+        keys = list(cols[0].printed)
         lines += [
             "",
-            f"### Aggregates as printed in the paper ({SOURCE})",
+            f"### {_PRINTED_TITLES[table]}",
             "",
-            "The table above recomputes the published rows from their per-game numbers; these are the "
-            "paper's own aggregate rows (see `docs/report.md` for the ones that disagree).",
+            "The table above recomputes the published rows from their per-game numbers (where printed); these "
+            "are the paper's own aggregate rows (see `docs/report.md` for the ones that disagree).",
             "",
-            "| method | median HNS | IQM HNS | #superhuman |",
-            "|---|---|---|---|",
+            "| method | " + " | ".join(_printed_header(*k) for k in keys) + " |",
+            "|---|" + "---|" * len(keys),
         ]
-        for name, p in PUBLISHED.items():
-            lines.append(f"| {name}{PUBLISHED_SUFFIX} | {p.median_hns:.3f} | {p.iqm_hns:.3f} | {p.superhuman} |")
-    notes = [(m["name"], note) for m in meta for note in m["notes"]]
+        for p in cols:
+            cells = [f"{v:.0f}" if k[1] == "superhuman" else f"{v:.3f}" for k, v in p.printed.items()]
+            lines.append(f"| {p.name}{PUBLISHED_SUFFIX} | " + " | ".join(cells) + " |")
+    notes = [(m.name, note) for m in methods for note in m.notes]
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}: {note}" for n, note in notes]
+    names = [m.name for m in methods if m.scores]  # columns without per-game numbers have no per-game cells
     games_order = [g for g in _games.GAMES if any(r["game"] == g for r in per_game)]
     lines += [
         "",
@@ -438,7 +531,7 @@ def _scaling_groups(methods: list[MethodScores]) -> dict[str, list[MethodScores]
     """Methods with JOWA presets, one line per (origin, planning); only when >= 2 sizes of ours are present."""
     groups: dict[str, list[MethodScores]] = {}
     for m in methods:
-        if m.preset not in PRESETS:
+        if m.preset not in PRESETS or (m.paper is not None and m.paper.table != "pretrain"):
             continue
         label = ("published" if m.published else "ours") + (" no-plan" if m.plan is False else "")
         groups.setdefault(label, []).append(m)
