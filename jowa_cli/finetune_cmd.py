@@ -16,21 +16,30 @@ def finetune(
         list[str] | None, typer.Argument(help="Config overrides key=value, e.g. stage2_steps=2000 eval_every=500.")
     ] = None,
     ckpt: Annotated[str, typer.Option(help="Pretrained world-action checkpoint or run directory.")] = "",
-    tokenizer: Annotated[str, typer.Option(help="Tokenizer checkpoint (for the evaluations).")] = "",
+    tokenizer: Annotated[
+        str, typer.Option(help="Tokenizer checkpoint: fine-tuned too unless train_tokenizer=false; evaluations use it.")
+    ] = "",
     game: Annotated[str, typer.Option(help="The game to fine-tune on (its own task id is used).")] = "",
-    data: Annotated[str, typer.Option(help="The game's <Game>.zarr store, with obs_tokens (jowa tokenize).")] = "",
+    data: Annotated[
+        str, typer.Option(help="The game's <Game>.zarr store (train_tokenizer=false: with obs_tokens).")
+    ] = "",
     out: Annotated[str, typer.Option(help="Run directory: config, metrics.csv, evals/, best/, final/.")] = "",
     config: Annotated[str, typer.Option(help="YAML config (configs/finetune.yaml).")] = "",
     from_scratch: Annotated[
         bool, typer.Option("--from-scratch", help="Random init with the checkpoint's architecture (JOWA scratch).")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint (same config).")
     ] = False,
     json_out: Annotated[str, typer.Option("--json", help="Write the JSON summary here ('-' for stdout).")] = "",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
     """Fine-tune a pretrained JOWA on one game (stage 1 real data + CQL, stage 2 + planned synthetic data + COMBO).
 
-    Periodic evaluations (eval_every, eval_episodes) keep <out>/best (highest mean return) next to <out>/final;
-    both are in <out>/summary.json and metrics.csv.
+    Every part trains, the tokenizer included (train_tokenizer=false: frozen, faster). Periodic evaluations
+    (eval_every, eval_episodes) keep <out>/best (highest mean return) next to <out>/final, each with the tokenizer
+    to use (<dir>/tokenizer when it trains); all in <out>/summary.json and metrics.csv. Training checkpoints
+    (save_every, stop_after=N) let --resume continue a stopped or killed run exactly.
 
     Example: jowa finetune --ckpt runs/jowa150m --tokenizer runs/tok --game Pong --data data/ft/Pong.zarr
     --out runs/ft-pong
@@ -49,7 +58,7 @@ def finetune(
     cfg = load_config(FinetuneConfig, config or None, extra)
     reporter = make_reporter(quiet=quiet)
     try:
-        summary = run(cfg, ckpt, tokenizer, game, data, out, reporter=reporter)
+        summary = run(cfg, ckpt, tokenizer, game, data, out, resume=resume, reporter=reporter)
     finally:
         reporter.close()
     emit_json(summary, json_out or None)

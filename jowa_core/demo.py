@@ -35,6 +35,7 @@ FT_GAME = "Breakout"  # held out: not in the demo's pretraining games
 DEMO_FINETUNE = {
     "stage1_steps": 60, "stage2_steps": 60, "batch_size": 16, "lr": 5e-4, "target_update_every": 30,
     "eval_episodes": 2, "eval_max_frames": 2000, "log_every": 20, "save_every": 0, "device": "cpu",
+    "tokenizer_batch_size": 16,  # all parts are fine-tuned (paper), with a demo-sized tokenizer batch
 }
 DEMO_PRETRAIN = {
     "model": {"preset": "tiny", "obs_vocab": 512},

@@ -1,4 +1,5 @@
-"""Fine-tuning on a small emulator store: both stages run, synthetic segments are aligned, COMBO is eq. 4."""
+"""Fine-tuning on a small emulator store: both stages run, synthetic segments are aligned, COMBO is eq. 4, the
+tokenizer trains (or stays frozen) and is the one evaluated, and a stopped run resumes exactly."""
 
 from __future__ import annotations
 
@@ -11,15 +12,17 @@ import pytest
 import torch
 from conftest import make_token_stores
 
+from jowa_core import checkpoint as ckpt
 from jowa_core import games
 from jowa_core.config import from_dict
 from jowa_core.data.segments import make_loader
 from jowa_core.models.losses import cql_loss
-from jowa_core.models.tokenizer import Tokenizer, TokenizerConfig, save_tokenizer
+from jowa_core.models.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer, save_tokenizer
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, load_world_action, save_world_action
 from jowa_core.planning.beam import plan
 from jowa_core.train.finetune import FinetuneConfig, best_path, combo_loss, finetune, synthesize
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 VOCAB = 64
 GAME = "Pong"
 
@@ -39,7 +42,8 @@ def setup(tmp_path_factory) -> dict[str, Path]:
 
 def small(**kw) -> FinetuneConfig:
     c = dict(stage1_steps=3, stage2_steps=3, batch_size=8, log_every=2, save_every=0, eval_every=3,
-             eval_episodes=1, eval_max_frames=40, eval_backend="loop", target_update_every=2, seed=1)
+             eval_episodes=1, eval_max_frames=40, eval_backend="loop", target_update_every=2, seed=1,
+             tokenizer_batch_size=8)
     c.update(kw)
     return from_dict(FinetuneConfig, c)
 
@@ -191,3 +195,103 @@ def test_shipped_configs_load_paper_and_official_presets():
         3000, 7000, "combo", 0.25, 32)
     assert (official.stage1_steps + official.stage2_steps, official.action_loss, official.synthetic_fraction) == (
         50000, "cql", 0.5)
+    assert paper.train_tokenizer and official.train_tokenizer  # both train it (official: 128 frames, lr 1e-4)
+    assert (official.tokenizer_batch_size, official.tokenizer_lr) == (128, 1e-4)
+
+
+def _metrics(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv") as f:
+        return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in csv.DictReader(f)]
+
+
+def _sha(tok_dir: Path) -> str:
+    return ckpt.sha256_file(tok_dir / ckpt.WEIGHTS)
+
+
+def test_resume_is_exact_and_trained_tokenizer_is_saved_and_evaluated(setup, tmp_path):
+    # 4 steps, evaluations at 2 and 4; log_every=3 so that the stop at 3 falls between two metrics rows
+    def cfg(**kw) -> FinetuneConfig:
+        return small(stage1_steps=2, stage2_steps=2, eval_every=2, log_every=3, save_every=0, **kw)
+
+    args = (setup["model"], setup["tok"], GAME, setup["store"])
+    full = finetune(cfg(), *args, tmp_path / "full")
+    part = finetune(cfg(stop_after=3), *args, tmp_path / "part")
+    assert part["step"] == 3 and not part["finished"] and not (tmp_path / "part" / "final").exists()
+    last = ckpt.latest_checkpoint(tmp_path / "part")
+    assert last.name == "step_00000003"
+    assert {"optimizer.pt", "state.json", "tokenizer.safetensors", "tokenizer_optimizer.pt"} <= {
+        p.name for p in last.iterdir()}
+    assert load_tokenizer(last / "tokenizer").cfg.vocab_size == VOCAB  # step checkpoints are evaluable
+    assert (tmp_path / "part" / "best" / "tokenizer").is_dir()  # the step-2 evaluation ran before the stop
+    with pytest.raises(ValueError, match=r"lr \(5e-05 in the run, 0.001 now\)"):
+        finetune(cfg(lr=1e-3), *args, tmp_path / "part", resume=True)
+    with pytest.raises(ValueError, match="not empty"):
+        finetune(cfg(), *args, tmp_path / "part")
+    resumed = finetune(cfg(), *args, tmp_path / "part", resume=True)
+    assert resumed["step"] == full["step"] == 4
+    assert resumed["param_fingerprint"] == full["param_fingerprint"]
+    assert resumed["evals"] == full["evals"] and [e["step"] for e in full["evals"]] == [2, 4]
+    strip = ("path", "tokenizer")
+    assert {k: v for k, v in resumed["best"].items() if k not in strip} == {
+        k: v for k, v in full["best"].items() if k not in strip}
+    assert _metrics(tmp_path / "part") == _metrics(tmp_path / "full")
+    assert [int(r["step"]) for r in _metrics(tmp_path / "full")] == [2, 3, 4]
+    for d in ("final", "best"):
+        assert _sha(tmp_path / "part" / d / "tokenizer") == _sha(tmp_path / "full" / d / "tokenizer")
+
+    # the tokenizer trained, is saved with final/ and best/, and is what the evaluations loaded
+    out = tmp_path / "full"
+    tok0 = load_tokenizer(setup["tok"])
+    tok1 = load_tokenizer(out / "final" / "tokenizer")
+    assert not torch.equal(tok0.encoder.conv_in.weight, tok1.encoder.conv_in.weight)
+    assert full["tokenizer"] == {"source": str(setup["tok"]), "trained": True,
+                                 "final": str(out / "final" / "tokenizer"), "best": str(out / "best" / "tokenizer")}
+    assert full["final"]["tokenizer"] == str(out / "final" / "tokenizer")
+    ev = json.loads((out / "evals" / "step_00000004.json").read_text())
+    assert ev["tokenizer"]["sha256"] == _sha(out / "final" / "tokenizer") != _sha(setup["tok"])
+    best_ev = json.loads((out / "evals" / f"step_{full['best']['step']:08d}.json").read_text())
+    assert best_ev["tokenizer"]["sha256"] == _sha(out / "best" / "tokenizer")
+    assert [r["tokenizer_total"] != "" for r in _metrics(out)] == [True] * 3
+
+
+def test_frozen_tokenizer_is_unchanged_evaluated_and_resumes(setup, tmp_path):
+    def cfg(**kw) -> FinetuneConfig:
+        return small(**{"stage1_steps": 1, "stage2_steps": 1, "eval_every": 0, "log_every": 1, "train_tokenizer": False,
+                        **kw})
+
+    args = (setup["model"], setup["tok"], GAME, setup["store"])
+    sha0 = _sha(setup["tok"])
+    full = finetune(cfg(), *args, tmp_path / "full")
+    finetune(cfg(stop_after=1, eval_episodes=0), *args, tmp_path / "part")
+    with pytest.raises(ValueError, match="train_tokenizer"):
+        finetune(cfg(train_tokenizer=True), *args, tmp_path / "part", resume=True)
+    resumed = finetune(cfg(eval_episodes=0), *args, tmp_path / "part", resume=True)
+    assert resumed["param_fingerprint"] == full["param_fingerprint"]
+    out = tmp_path / "full"
+    assert full["tokenizer"] == {"source": str(setup["tok"]), "trained": False, "final": str(setup["tok"]),
+                                 "best": str(setup["tok"])}
+    assert not (out / "final" / "tokenizer").exists() and not (out / "best" / "tokenizer").exists()
+    ev = json.loads((out / "evals" / "step_00000002.json").read_text())
+    assert ev["tokenizer"]["sha256"] == sha0 == _sha(setup["tok"])
+    assert all(r["tokenizer_total"] == "" for r in _metrics(out))
+
+
+def test_cli_resume_with_another_config_exits_2(setup, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from jowa_cli import finetune_cmd
+
+    app = typer.Typer()
+    app.command("finetune")(finetune_cmd.finetune)
+    app.command("noop")(lambda: None)
+    base = ["finetune", "--ckpt", str(setup["model"]), "--tokenizer", str(setup["tok"]), "--game", GAME, "--data",
+            str(setup["store"]), "--out", str(tmp_path / "r"), "--quiet", "train_tokenizer=false", "eval_episodes=0",
+            "stage1_steps=2", "stage2_steps=0"]
+    r = CliRunner().invoke(app, [*base, "stop_after=1"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, [*base, "--resume", "seed=5"])
+    assert r.exit_code == 2 and "seed" in r.output, r.output
+    r = CliRunner().invoke(app, [*base, "--resume", "--json", str(tmp_path / "s.json")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "s.json").read_text())["step"] == 2

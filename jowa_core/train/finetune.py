@@ -5,11 +5,14 @@ stage 2 (``stage2_steps``, 7k): each batch is (1 - synthetic_fraction) real segm
 planning (beam 2, horizon 2) from 6 real steps; world loss on the real rows only, TD on all rows, and COMBO
 (eq. 4: the CQL negative term over real + synthetic rows, the positive term over real rows only).
 
-Every part of the world-action model (backbone, world heads, Q head) trains from step 0; the target Q head is a
-hard copy every ``target_update_every`` steps. The tokenizer stays frozen (the stores hold precomputed
-``obs_tokens``): a deviation from the official code, which trains it throughout (see docs/finetune.md).
+Every part trains from step 0: the world-action model (backbone, world heads, Q head; the target Q head is a
+hard copy every ``target_update_every`` steps) and, with ``train_tokenizer`` (default, as the paper and the
+official code), the VQ-VAE tokenizer: each step it takes an Adam step on the batch's frames (pretrain's
+``JointTokenizer``) and then tokenises them without gradient for the world model. ``train_tokenizer=false``
+keeps it frozen and reads the store's precomputed ``obs_tokens`` (faster).
 Deliberately unlike the official code (reference §7.3-7.4): the synthetic segments keep every real action and
 reward with its own frame, and the game's own task id and action mask are used in training and evaluation.
+Runs resume exactly (``resume=True``) from the training checkpoints of pretraining's format.
 """
 
 from __future__ import annotations
@@ -30,19 +33,28 @@ from torch import Tensor
 
 from jowa_core import checkpoint as ckpt
 from jowa_core import games as _games
-from jowa_core.config import save_yaml, to_dict
+from jowa_core.config import read_yaml, save_yaml, to_dict
 from jowa_core.data.segments import make_loader
 from jowa_core.devices import pick_device
 from jowa_core.models.losses import cql_loss, expected_q, td_loss, world_losses
-from jowa_core.models.world_action import (
-    WorldActionModel,
-    load_world_action,
-    save_world_action,
-    segment_tokens,
-)
+from jowa_core.models.tokenizer import load_tokenizer, save_tokenizer
+from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, load_world_action, segment_tokens
 from jowa_core.planning.beam import PlanResult, plan
 from jowa_core.progress import NullReporter
-from jowa_core.train.pretrain import TrainConfig, _store_vocab, build_optimizer, param_fingerprint
+from jowa_core.train import dist as jdist
+from jowa_core.train.pretrain import (
+    JointTokenizer,
+    TrainConfig,
+    _encode_frames,
+    _prepare_out,
+    _rng_state,
+    _set_rng_state,
+    _store_vocab,
+    build_optimizer,
+    load_checkpoint,
+    param_fingerprint,
+    save_checkpoint,
+)
 from jowa_core.train.step import optimizer_step
 
 
@@ -77,17 +89,24 @@ class FinetuneConfig:
     eval_horizon: int = 2
     eval_backend: str = "auto"
     from_scratch: bool = False  # random init with the checkpoint's architecture: the paper's "JOWA (scratch)"
+    train_tokenizer: bool = True  # paper and official code; False: frozen, the store's obs_tokens (faster)
+    tokenizer_lr: float = 1e-4  # Adam (official)
+    tokenizer_batch_size: int = 128  # frames per step, drawn with replacement from the batch's (official: 128)
+    perceptual_weights: str | None = None  # LPIPS weights for the tokenizer loss (None: no perceptual term)
     seed: int = 0
     device: str = "auto"
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on GPU
     num_workers: int = 0
     log_every: int = 50
-    save_every: int = 1000  # model snapshots under checkpoints/ (0 = none)
+    save_every: int = 1000  # training checkpoints under checkpoints/ (also at evaluations and the last step)
+    keep_checkpoints: int = 3  # newest training checkpoints kept (0 = all)
+    stop_after: int | None = None  # checkpoint and stop after this many steps (continue with resume)
 
 
 METRICS = ["step", "stage", "loss", "world_obs", "world_reward", "world_end", "td", "action_loss", "q_taken",
-           "q_max", "grad_norm", "n_real", "n_synthetic", "synthetic_reward", "eval_mean", "eval_iqm", "best_mean",
-           "elapsed_s"]
+           "q_max", "grad_norm", "n_real", "n_synthetic", "synthetic_reward", "tokenizer_total",
+           "tokenizer_reconstruction", "tokenizer_commitment", "tokenizer_perceptual", "eval_mean", "eval_iqm",
+           "best_mean", "elapsed_s"]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -200,15 +219,6 @@ def synthesize(model: WorldActionModel, real: dict[str, Tensor], beam: int = 2, 
     return out
 
 
-def _batches(loader) -> Iterator[dict[str, Tensor]]:
-    """Endless batches, one epoch after another."""
-    epoch = 0
-    while True:
-        loader.batch_sampler.set_epoch(epoch)
-        yield from loader
-        epoch += 1
-
-
 def _full_contexts(batches: Iterator[dict[str, Tensor]], n: int) -> dict[str, Tensor]:
     """``n`` real segments whose steps are all valid and not terminal, drawn from ``batches``."""
     parts: list[dict[str, Tensor]] = []
@@ -251,28 +261,100 @@ def _check(cfg: FinetuneConfig) -> None:
         raise ValueError("imagine_beam must be >= 2 and imagine_horizon >= 1")
     if cfg.eval_episodes < 0 or cfg.eval_every < 0:
         raise ValueError("eval_episodes and eval_every must be >= 0")
+    if cfg.train_tokenizer and cfg.tokenizer_batch_size < 1:
+        raise ValueError(f"tokenizer_batch_size must be >= 1, got {cfg.tokenizer_batch_size}")
+    if cfg.stop_after is not None and cfg.stop_after < 1:
+        raise ValueError(f"stop_after must be >= 1 (or null), got {cfg.stop_after}")
+
+
+class _Cursor:
+    """Endless batches of a segment loader, epoch after epoch, with a resumable ``position`` [epoch, batch]
+    (batches consumed so far in that epoch)."""
+
+    def __init__(self, loader, position: list[int] | None = None):
+        self.loader = loader
+        self.epoch, self.batch = position or (0, 0)
+        self._it: Iterator[dict[str, Tensor]] | None = None
+
+    @property
+    def position(self) -> list[int]:
+        return [self.epoch, self.batch]
+
+    def __iter__(self) -> _Cursor:
+        return self
+
+    def __next__(self) -> dict[str, Tensor]:
+        for _ in range(2):  # at most one epoch boundary per batch
+            if self._it is None:
+                self.loader.batch_sampler.set_epoch(self.epoch, self.batch)
+                self._it = iter(self.loader)
+            try:
+                b = next(self._it)
+            except StopIteration:
+                self.epoch, self.batch, self._it = self.epoch + 1, 0, None
+                continue
+            self.batch += 1
+            return b
+        raise RuntimeError("the loader yields no batches")
+
+
+@dataclass
+class _CheckpointConfig:
+    """What ``pretrain.save_checkpoint`` needs of a config: ``model`` (the architecture, for checkpoint.json) and
+    ``train.keep_checkpoints``; the whole (model + finetune) is its config.yaml."""
+
+    model: WorldActionConfig
+    finetune: FinetuneConfig
+    inputs: dict[str, str]
+
+    @property
+    def train(self) -> FinetuneConfig:
+        return self.finetune
+
+
+class _Tokenizer(JointTokenizer):
+    """``JointTokenizer`` whose training-checkpoint files also include ``tokenizer/``, a tokenizer checkpoint that
+    ``jowa evaluate --tokenizer`` loads."""
+
+    def save(self, directory: Path) -> None:
+        super().save(directory)
+        save_tokenizer(self.tok, directory / "tokenizer")
+
+
+# config keys that may change when resuming (they do not change what is trained)
+RESUME_FREE = ("stop_after", "device", "num_workers", "eval_backend", "save_every", "keep_checkpoints")
+
+
+def _check_resume(saved: dict[str, Any], cfg: FinetuneConfig, inputs: dict[str, str], path: Path) -> None:
+    """Error naming every config key or input (checkpoint, tokenizer, game, store) that differs from the run's."""
+    now = {**to_dict(cfg), **inputs}
+    diff = [f"{k} ({saved.get(k)!r} in the run, {now.get(k)!r} now)" for k in sorted(set(saved) | set(now))
+            if k not in RESUME_FREE and saved.get(k) != now.get(k)]
+    if diff:
+        raise ValueError(f"cannot resume {path} with a different config or input: {'; '.join(diff)}")
 
 
 def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str | os.PathLike, game: str,
-             data: str | os.PathLike, out: str | os.PathLike, reporter=None) -> dict[str, Any]:
-    """Fine-tune the world-action model of ``ckpt_path`` on ``game``'s store ``data`` (with obs_tokens) into the
-    run directory ``out``; returns (and writes to ``out/summary.json``) a summary with the best and final
-    models. ``tokenizer`` is used by the evaluations only."""
+             data: str | os.PathLike, out: str | os.PathLike, resume: bool = False,
+             reporter=None) -> dict[str, Any]:
+    """Fine-tune the world-action model of ``ckpt_path`` and (``train_tokenizer``) the ``tokenizer`` on
+    ``game``'s store ``data`` into the run directory ``out``; returns (and writes to ``out/summary.json``) a
+    summary with the best and final models and the tokenizer to use with them. ``resume`` continues the run
+    in ``out`` from its latest checkpoint (same config and inputs; ``stop_after`` may change)."""
     reporter = reporter or NullReporter()
     _check(cfg)
     out = Path(out)
     info = _games.get(game)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("fine-tuning runs in one process (no torchrun)")
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out} is not empty: choose another --out")
+    device = pick_device(cfg.device, 0)
+    ctx = jdist.DistContext(device=device)
+    resume_from = _prepare_out(out, resume, ctx)
     if not Path(data).exists():
         raise FileNotFoundError(f"no store at {data}")
-    if cfg.eval_episodes:
-        from jowa_core.models.tokenizer import resolve_tokenizer
-
-        resolve_tokenizer(tokenizer)  # fail now, not after training
-    device = pick_device(cfg.device, 0)
+    tok = None
+    if cfg.train_tokenizer or cfg.eval_episodes:
+        tok = load_tokenizer(tokenizer, device).requires_grad_(False)  # fail now, not after training
     model, meta = load_world_action(str(ckpt_path), device)
     mcfg = model.cfg
     if info.task_id >= mcfg.max_tasks:
@@ -282,19 +364,27 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
         raise ValueError(f"imagine_horizon {cfg.imagine_horizon} leaves no real step in {mcfg.max_steps} steps")
     if cfg.seq_len > mcfg.max_steps:
         raise ValueError(f"seq_len {cfg.seq_len} > the model's {mcfg.max_steps} steps")
+    if tok is not None and tok.cfg.vocab_size != mcfg.obs_vocab:
+        raise ValueError(f"the tokenizer has vocab {tok.cfg.vocab_size}, the model {mcfg.obs_vocab}")
 
     n_syn = int(round(cfg.batch_size * cfg.synthetic_fraction)) if cfg.stage2_steps else 0
+    obs_kind = "frames" if cfg.train_tokenizer else "tokens"  # frames: tokenised each step by the current tokenizer
     loader = make_loader(data, cfg.batch_size, seq_len=cfg.seq_len, stride=cfg.stride, seed=cfg.seed,
-                         num_workers=cfg.num_workers, observations="tokens")
+                         num_workers=cfg.num_workers, observations=obs_kind)
     ds = loader.dataset
     if ds.games != [info.name]:
         raise ValueError(f"{data} holds {', '.join(ds.games)}, not {info.name}")
-    vocab = _store_vocab(ds.paths)
+    vocab = None if cfg.train_tokenizer else _store_vocab(ds.paths)
     if vocab is not None and vocab != mcfg.obs_vocab:
         raise ValueError(f"the store's obs_tokens have vocab {vocab}, the model {mcfg.obs_vocab}")
     syn_loader = make_loader(data, max(n_syn, 1) * 2, seq_len=R, stride=cfg.synthetic_stride,
-                             seed=cfg.seed + 10_000, num_workers=0, observations="tokens") if n_syn else None
+                             seed=cfg.seed + 10_000, num_workers=0, observations=obs_kind) if n_syn else None
     mask = torch.as_tensor(info.action_mask(), dtype=torch.bool, device=device)[None]
+    inputs = {"source_checkpoint": str(Path(ckpt_path).resolve()), "tokenizer_source": str(Path(tokenizer).resolve()),
+              "game": info.name, "data": str(Path(data).resolve())}
+    if resume_from is not None:
+        saved = read_yaml(resume_from / "config.yaml")
+        _check_resume({**(saved.get("finetune") or {}), **(saved.get("inputs") or {})}, cfg, inputs, resume_from)
 
     if cfg.from_scratch:
         torch.manual_seed(cfg.seed)
@@ -304,52 +394,82 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
     model.head_q_target.requires_grad_(False)
     opt = build_optimizer(model, TrainConfig(lr_world_stage1=cfg.lr, lr_q=cfg.lr, weight_decay=cfg.weight_decay,
                                              betas=list(cfg.betas)))
+    joint_tok = None
+    if cfg.train_tokenizer:
+        joint_tok = _Tokenizer(tok, TrainConfig(tokenizer_lr=cfg.tokenizer_lr,
+                                                tokenizer_batch_size=cfg.tokenizer_batch_size,
+                                                perceptual_weights=cfg.perceptual_weights), ctx)
     support = model.support
     use_amp = device.type == "cuda" and cfg.amp != "off" or cfg.amp == "bf16"
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
 
+    total = cfg.stage1_steps + cfg.stage2_steps
+    state: dict[str, Any] = {"step": 0, "stage": 1, "games": [info.name], "real": [0, 0], "synthetic": [0, 0],
+                             "log_sums": {}, "log_n": 0, "evals": [], "best": None, "elapsed_s": 0.0}
+    if resume_from is not None:
+        state.update(load_checkpoint(resume_from, model, opt, ctx))  # weights, optimiser, RNG
+        if joint_tok is not None:
+            joint_tok.load(resume_from)
+        reporter.log(f"resuming from {resume_from} at step {state['step']}")
+    else:
+        torch.manual_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
-    with open(out / "metrics.csv", "w", newline="") as f:
-        csv.DictWriter(f, METRICS).writeheader()
-    torch.manual_seed(cfg.seed)
-    total = cfg.stage1_steps + cfg.stage2_steps
-    real_batches = _batches(loader)
-    syn_batches = _batches(syn_loader) if syn_loader is not None else None
+    _metrics_file(out / "metrics.csv", state["step"])
+    run_cfg = _CheckpointConfig(mcfg, cfg, inputs)
+    real_batches = _Cursor(loader, state["real"])
+    syn_batches = _Cursor(syn_loader, state["synthetic"]) if syn_loader is not None else None
     task = reporter.task("finetune", total=total, unit="steps")
-    evals: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    sums: dict[str, float] = {}
-    n_sum, t0 = 0, time.perf_counter()
+    reporter.advance(task, state["step"])
+    evals: list[dict[str, Any]] = state["evals"]
+    best: dict[str, Any] | None = state["best"]
+    sums: dict[str, float] = state["log_sums"]
+    n_sum, t0 = state["log_n"], time.perf_counter() - state["elapsed_s"]
     extra = {"game": info.name, "task_id": info.task_id, "source": str(ckpt_path), "from_scratch": cfg.from_scratch}
+    eval_tok = (lambda path: path / "tokenizer") if joint_tok is not None else (lambda path: Path(tokenizer))
 
-    def snapshot(step: int, stage: int) -> Path:
-        path = out / "checkpoints" / f"step_{step:08d}"
-        save_world_action(model, str(path), step=step, stage=stage, games=[info.name], **extra)
+    def model_dir(path: Path, step: int, stage: int) -> Path:
+        """A model-only world_action checkpoint at ``path`` (+ ``tokenizer/`` when it trains)."""
+        with ckpt.atomic_dir(path) as tmp:
+            ckpt.write_model_files(tmp, "world_action", to_dict(mcfg), model.state_dict(), step=step, stage=stage,
+                                   games=[info.name], **extra)
+            if joint_tok is not None:
+                save_tokenizer(tok, tmp / "tokenizer", step=step)
         return path
 
     def run_eval(path: Path, step: int) -> dict[str, Any]:
         from jowa_core.evaluation.envs import EvalSettings
         from jowa_core.evaluation.runner import evaluate
 
-        res = evaluate(path, tokenizer, info.name, episodes=cfg.eval_episodes,
+        rng = _rng_state(device)  # the evaluation must not change the training's random streams
+        res = evaluate(path, eval_tok(path), info.name, episodes=cfg.eval_episodes,
                        settings=EvalSettings(max_frames=cfg.eval_max_frames), beam=cfg.eval_beam,
                        horizon=cfg.eval_horizon, plan=cfg.eval_plan, seed=cfg.seed, device=str(device),
                        backend=cfg.eval_backend, out_json=out / "evals" / f"step_{step:08d}.json")
+        _set_rng_state(rng, device)
         g = res["games"][info.name]
         return {"step": step, "mean": g["mean"], "iqm": g["iqm"], "std": g["std"], "raw_scores": g["raw_scores"]}
 
     model.train()
-    step = 0
-    while step < total:
+    step = state["step"]
+    stop_at = min(total, cfg.stop_after) if cfg.stop_after else total
+    while step < stop_at:
         stage = 1 if step < cfg.stage1_steps else 2
         batch = _own_task({k: v.to(device) for k, v in next(real_batches).items()}, info.task_id, mask)
         n_s = n_syn if stage == 2 else 0
         if n_s:
             batch = {k: v[:cfg.batch_size - n_s] for k, v in batch.items()}
-            ctx = _own_task({k: v.to(device) for k, v in _full_contexts(syn_batches, n_s).items()},
-                            info.task_id, mask)
-            syn = synthesize(model, ctx, cfg.imagine_beam, cfg.imagine_horizon, cfg.gamma)
+        tok_terms: dict[str, Tensor] = {}
+        if joint_tok is not None:  # train the tokenizer, then tokenise with it (no gradient)
+            with autocast():
+                tok_terms = joint_tok.step(batch["obs"], batch["valid"])
+            batch = _encode_frames(tok, batch)
+        if n_s:
+            ctx_batch = _own_task({k: v.to(device) for k, v in _full_contexts(syn_batches, n_s).items()},
+                                  info.task_id, mask)
+            if joint_tok is not None:
+                ctx_batch = _encode_frames(tok, ctx_batch)
+            syn = synthesize(model, ctx_batch, cfg.imagine_beam, cfg.imagine_horizon, cfg.gamma)
             batch = _concat(_pad_steps(batch, syn["action"].shape[1]), syn)
         real = torch.arange(len(batch["action"]), device=device) < len(batch["action"]) - n_s
         with autocast():
@@ -358,7 +478,7 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
         step += 1
         if step % cfg.target_update_every == 0:
             model.update_target()
-        terms = {**terms, "grad_norm": grad_norm, "n_real": int(real.sum()), "n_synthetic": n_s}
+        terms = {**terms, **tok_terms, "grad_norm": grad_norm, "n_real": int(real.sum()), "n_synthetic": n_s}
         if n_s:
             terms["synthetic_reward"] = batch["reward"][~real].float().mean()
         for k, v in terms.items():
@@ -366,19 +486,17 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
         n_sum += 1
         reporter.advance(task)
         row: dict[str, Any] = {}
-        path = None
-        if cfg.save_every and step % cfg.save_every == 0:
-            path = snapshot(step, stage)
         do_eval = cfg.eval_episodes > 0 and (step == total or (cfg.eval_every and step % cfg.eval_every == 0))
-        if do_eval:
-            path = path or snapshot(step, stage)
+        if do_eval:  # a model-only snapshot, evaluated; replaced by the training checkpoint below
+            path = model_dir(out / "checkpoints" / f"step_{step:08d}", step, stage)
             e = run_eval(path, step)
             evals.append(e)
             if best is None or e["mean"] > best["mean"]:
                 with ckpt.atomic_dir(out / "best") as tmp:
                     shutil.rmtree(tmp)
                     shutil.copytree(path, tmp)
-                best = {"path": str(out / "best"), "step": step, "mean": e["mean"], "iqm": e["iqm"]}
+                best = {"path": str(out / "best"), "step": step, "mean": e["mean"], "iqm": e["iqm"],
+                        "tokenizer": str(eval_tok(out / "best"))}
             row.update(eval_mean=e["mean"], eval_iqm=e["iqm"], best_mean=best["mean"])
             reporter.log(f"step {step}: eval mean return {e['mean']:.1f} (best {best['mean']:.1f} at step "
                          f"{best['step']})")
@@ -390,16 +508,40 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
             reporter.log(f"step {step} (stage {stage}) loss {row['loss']:.4f} td {row['td']:.4f} "
                          f"{cfg.action_loss if stage == 2 else 'cql'} {row['action_loss']:.4f}")
             sums, n_sum = {}, 0
-    save_world_action(model, str(out / "final"), step=step, stage=2 if cfg.stage2_steps else 1,
-                      games=[info.name], **extra)
-    summary = {"out": str(out), "game": info.name, "task_id": info.task_id, "step": step,
+        if (cfg.save_every and step % cfg.save_every == 0) or do_eval or step == stop_at:
+            state.update(step=step, stage=stage, real=real_batches.position,
+                         synthetic=syn_batches.position if syn_batches is not None else [0, 0], log_sums=sums,
+                         log_n=n_sum, evals=evals, best=best, elapsed_s=time.perf_counter() - t0)
+            save_checkpoint(out, model, opt, state, run_cfg, ctx, joint_tok)
+    if step < total:
+        reporter.log(f"stopped at step {step} of {total}: continue with --resume")
+        return {"out": str(out), "step": step, "finished": False, "param_fingerprint": param_fingerprint(model)}
+    final_stage = 2 if cfg.stage2_steps else 1
+    model_dir(out / "final", step, final_stage)
+    summary = {"out": str(out), "game": info.name, "task_id": info.task_id, "step": step, "finished": True,
                "from_scratch": cfg.from_scratch, "source_checkpoint": str(ckpt_path),
-               "source_step": meta.get("step"), "final": {"path": str(out / "final"), "step": step},
+               "source_step": meta.get("step"),
+               "final": {"path": str(out / "final"), "step": step, "tokenizer": str(eval_tok(out / "final"))},
                "best": best, "evals": evals, "synthetic_per_batch": n_syn, "device": str(device),
+               "tokenizer": {"source": str(tokenizer), "trained": cfg.train_tokenizer,
+                             "final": str(eval_tok(out / "final")),
+                             "best": best["tokenizer"] if best else None},
                "trainable_parameters": model.num_trainable_parameters(),
                "param_fingerprint": param_fingerprint(model), "config": to_dict(cfg)}
     ckpt.write_json_atomic(out / "summary.json", summary)
     return summary
+
+
+def _metrics_file(path: Path, start_step: int) -> None:
+    """A metrics.csv with its header and the rows up to ``start_step`` (those of the run being resumed)."""
+    rows = []
+    if start_step > 0 and path.exists():
+        with open(path) as f:
+            rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= start_step]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, METRICS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
 
 
 def _pad_steps(batch: dict[str, Tensor], steps: int) -> dict[str, Tensor]:
