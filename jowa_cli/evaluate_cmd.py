@@ -36,6 +36,9 @@ def evaluate(
     ),
     horizon: Annotated[int, typer.Option(help="Planning horizon H (imagined steps; paper: 2).")] = 2,
     no_plan: Annotated[bool, typer.Option("--no-plan", help="Greedy on Q̂, no imagination.")] = False,
+    gamma: Annotated[
+        float | None, typer.Option(help="Planner discount; default: the checkpoint's training gamma, else 0.99.")
+    ] = None,
     history: Annotated[
         int, typer.Option(help="Context steps 1..8 (capped at 8 - horizon when planning); 0 = the most that fits.")
     ] = 0,
@@ -84,7 +87,7 @@ def evaluate(
                      history=history or None, plan=not no_plan, seed=seed, device=device, out_json=out or None,
                      reporter=reporter, backend=backend, max_batch=batch, dtype=dtype,
                      planner="mcts" if mcts else "beam", video_dir=video_dir or None,
-                     video_episodes=[int(e) for e in video_episodes.split(",") if e.strip()])
+                     video_episodes=[int(e) for e in video_episodes.split(",") if e.strip()], gamma=gamma)
     finally:
         reporter.close()
     if not is_main:

@@ -20,6 +20,7 @@ from jowa_cli import (  # noqa: E402
     evaluate_cmd,
     finetune_cmd,
     import_cmd,
+    learning_cmd,
     plan_cmd,
     pretrain_cmd,
     report_cmd,
@@ -41,6 +42,7 @@ app.command("import-official", help=import_cmd.import_official.__doc__.splitline
     import_cmd.import_official
 )
 app.command("demo", help=demo_cmd.demo.__doc__.splitlines()[0])(demo_cmd.demo)
+app.command("learning-check", help=learning_cmd.learning_check.__doc__.splitlines()[0])(learning_cmd.learning_check)
 app.add_typer(bench_cmd.app, name="bench", help="Benchmarks: data conversion and loading, training throughput and MFU.")
 
 if __name__ == "__main__":

@@ -25,10 +25,12 @@ from jowa_core.progress import Reporter, make_reporter
 DEMO_GAMES = ("Pong", "SpaceInvaders")
 
 
-# Demo-sized models: a 46k-parameter tokenizer (512 codes) and the tiny world-action preset.
+# Demo-sized models: a 46k-parameter tokenizer (512 codes, restarted when unused: short runs collapse otherwise)
+# and the tiny world-action preset.
 DEMO_TOKENIZER = {
     "model": {"ch": 8, "num_res_blocks": 1, "embed_dim": 32, "z_channels": 32, "vocab_size": 512},
-    "batch_size": 32, "lr": 1e-3, "log_every": 25, "save_every": 125, "grid_every": 125, "heldout_frames": 32,
+    "batch_size": 32, "lr": 1e-3, "restart_dead_codes": 25, "log_every": 25, "save_every": 125, "grid_every": 125,
+    "heldout_frames": 32,
     "grid_frames": 8, "num_workers": 0,
 }
 FT_GAME = "Breakout"  # held out: not in the demo's pretraining games

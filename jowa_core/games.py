@@ -1,4 +1,4 @@
-"""Registry of per-game facts for the 60 Atari games of the DQN-Replay dataset.
+"""Registry of per-game facts for the 60 Atari games of the DQN-Replay dataset, and the built-in test games.
 
 The single source of truth for game names, task ids, ALE minimal action sets, reference scores
 (random / human / DQN, each with its source), default planning beam widths, difficulty labels and the
@@ -16,8 +16,10 @@ import numpy as np
 
 __all__ = [
     "FULL_ACTIONS",
+    "BUILTIN_GAMES",
     "GAMES",
     "GROUPS",
+    "REGISTRY",
     "NUM_FULL_ACTIONS",
     "PLANNING_HORIZON",
     "SOURCES",
@@ -42,6 +44,8 @@ SOURCES: dict[str, str] = {
     "jowa-t17": "JOWA paper (Cheng et al., ICLR 2025), Table 17",
     "jowa-code": "official JOWA code, results/base_scores.py",
     "atari57": "standard Atari-57 random/human table (Badia et al. 2020; DQN Zoo atari_data.py)",
+    "builtin": "exact, from the built-in game's rules (random: expected return of the uniform policy; "
+               "human: perfect play)",
 }
 
 
@@ -66,6 +70,7 @@ class GameInfo:
     dqn: ReferenceScore | None = None
     beam_width: int | None = None
     difficulty: str | None = None
+    builtin: bool = False  # a built-in game (jowa_core.envs), not an ALE ROM; ``rom`` is then "builtin:<name>"
     _to_full: np.ndarray = field(init=False, repr=False, compare=False)
     _to_minimal: np.ndarray = field(init=False, repr=False, compare=False)
 
@@ -404,7 +409,22 @@ def _build_games() -> dict[str, GameInfo]:
     return games
 
 
-GAMES: dict[str, GameInfo] = _build_games()
+GAMES: dict[str, GameInfo] = _build_games()  # the 60 DQN-Replay Atari games, task ids 0-59
+
+
+def _build_builtin() -> dict[str, GameInfo]:
+    from jowa_core.envs import catch
+
+    return {"Catch": GameInfo(
+        name="Catch", task_id=len(GAMES), rom="builtin:catch", minimal_actions=catch.ACTION_SET,
+        random=ReferenceScore(round(catch.random_policy_return(), 4), "builtin"),
+        human=ReferenceScore(float(catch.BALLS), "builtin"), beam_width=2, builtin=True,
+    )}
+
+
+# Built-in test games (task ids from 60: a model that trains on them needs max_tasks > their task id).
+BUILTIN_GAMES: dict[str, GameInfo] = _build_builtin()
+REGISTRY: dict[str, GameInfo] = {**GAMES, **BUILTIN_GAMES}  # every game ``get`` knows, in task-id order
 
 
 def _group(*names: str) -> tuple[str, ...]:
@@ -419,7 +439,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "atari5": _ATARI5,  # paper's held-out fine-tuning games
     "atari20": _group(*_ATARI15, *_ATARI5),
     "atari6": _group("Assault", "Carnival", "Centipede", "NameThisGame", "Phoenix", "SpaceInvaders"),
-    "all": tuple(GAMES),
+    "all": tuple(GAMES),  # the DQN-Replay games (built-in games are never implied)
+    "builtin": tuple(BUILTIN_GAMES),
 }
 
 
@@ -430,7 +451,7 @@ def _norm(name: str) -> str:
     return re.sub(r"[\s_\-]", "", name).lower()
 
 
-_BY_KEY: dict[str, str] = {_norm(n): n for n in GAMES}
+_BY_KEY: dict[str, str] = {_norm(n): n for n in REGISTRY}
 
 
 class UnknownGameError(ValueError):
@@ -451,7 +472,7 @@ def get(name: str) -> GameInfo:
     key = _BY_KEY.get(_norm(name))
     if key is None:
         raise UnknownGameError(name)
-    return GAMES[key]
+    return REGISTRY[key]
 
 
 def resolve(spec: str | Iterable[str]) -> list[str]:

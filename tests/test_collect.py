@@ -328,7 +328,7 @@ def test_collect_clips_stored_rewards_not_returns(tmp_path, monkeypatch):
             obs, _, game_over, truncated = super().step(action)
             return obs, 3.0, game_over, truncated
 
-    monkeypatch.setattr(collect_mod, "AtariEnv", BigRewards)
+    monkeypatch.setattr(collect_mod, "make_env", lambda game, settings, seed: BigRewards(game, settings, seed))
     settings = AtariSettings(max_episode_steps=20)
     s = collect_run("Pong", tmp_path, 1, 45, capacity=64, settings=settings)
     assert s["episode_returns"] == [60.0, 60.0]

@@ -478,3 +478,17 @@ def test_cli_published_option(tmp_path):
     assert r.exit_code == 2 and "published must be one of auto, pretrain" in r.output
     r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "e"), "--published", "all", "--no-published"])
     assert r.exit_code == 2 and "contradicts" in r.output
+
+
+def test_per_game_files_of_one_method_merge(tmp_path):
+    """One fine-tuned model per game, each evaluated into <game>/<method>.json: one method in the report."""
+    for g, s in (("Pong", [1.0, 2.0]), ("Gravitar", [300.0])):
+        (tmp_path / g).mkdir()
+        _eval_json(tmp_path / g / "JOWA-FT.json", "150m", True, {g: s})
+    (tmp_path / "x").mkdir()
+    _eval_json(tmp_path / "x" / "JOWA-FT.json", "150m", True, {"Pong": [9.0]})  # overlapping games: kept apart
+    methods = load_results([tmp_path / "Pong" / "JOWA-FT.json", tmp_path / "Gravitar" / "JOWA-FT.json",
+                            tmp_path / "x" / "JOWA-FT.json"])
+    assert [m.name for m in methods] == ["JOWA-FT", "JOWA-150M"]  # a repeated stem takes the preset name
+    assert set(methods[0].scores) == {"Pong", "Gravitar"} and set(methods[1].scores) == {"Pong"}
+    np.testing.assert_allclose(methods[0].scores["Gravitar"], [300.0])

@@ -30,7 +30,8 @@ import numpy as np
 
 from jowa_core import games as _games
 from jowa_core.data.dopamine_writer import STACK_SIZE, LoggedReplayWriter
-from jowa_core.envs.atari import AtariEnv, AtariSettings
+from jowa_core.envs import make_env
+from jowa_core.envs.atari import AtariSettings
 
 __all__ = ["POLICIES", "CollectError", "Policy", "RandomPolicy", "collect", "collect_run", "make_policy"]
 
@@ -192,7 +193,7 @@ def collect_run(
 
     policy_ss, ale_seed = derive_seeds(seed, info.name, run)
     t0 = time.time()
-    env = AtariEnv(info.name, settings, seed=ale_seed)
+    env = make_env(info.name, settings, seed=ale_seed)
     pol = make_policy(policy, env.num_actions, policy_ss)
     clip = bool(settings.clip_rewards)
 

@@ -13,7 +13,8 @@ backends give identical observations and rewards (tested):
   episodic_life=False``). ale-py vector envs hold a single game and auto-reset, so all games' batches are sent
   before any is received (the games run in parallel) and a finished slot keeps playing a discarded episode
   until its game's last slot ends.
-* ``loop``: our ``AtariEnv`` (Dopamine's preprocessing) in a Python loop; finished slots cost nothing.
+* ``loop``: our ``AtariEnv`` (Dopamine's preprocessing) in a Python loop; finished slots cost nothing. It also
+  runs the built-in games (``jowa_core.envs.catch``), which ``auto`` therefore sends to it.
 
 ``auto`` picks ``vector`` when ale-py has it. The only difference between the two is the observation returned
 with the game-over step itself (Dopamine's stale second buffer), which no agent ever acts on.
@@ -31,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from jowa_core import games as _games
-from jowa_core.envs.atari import AtariEnv, AtariSettings
+from jowa_core.envs import make_env
+from jowa_core.envs.atari import AtariSettings
 
 __all__ = ["BACKENDS", "EvalSettings", "VecAtari", "rom_md5"]
 
@@ -106,6 +108,10 @@ def rom_md5(game: str) -> str:
     from ale_py import roms
 
     info = _games.get(game)
+    if info.builtin:
+        from jowa_core.envs.catch import RULES
+
+        return hashlib.md5(RULES.encode()).hexdigest()
     path = roms.get_rom_path(info.rom)
     if path is None:
         raise FileNotFoundError(f"ALE ROM {info.rom!r} for {info.name} is not installed")
@@ -147,8 +153,12 @@ class VecAtari:
         self.num_envs = n = len(episodes)
         self.task_ids = np.array([i.task_id for i in self.infos], dtype=np.int64)
         self.action_masks = np.stack([i.action_mask() for i in self.infos])
+        builtin = [i.name for i in self.infos if i.builtin]
         if backend == "auto":
-            backend = "vector" if _vector_available() else "loop"
+            backend = "vector" if _vector_available() and not builtin else "loop"
+        if backend == "vector" and builtin:
+            raise ValueError(f"the vector backend runs ALE games only; {', '.join(dict.fromkeys(builtin))} "
+                             "needs backend='loop' (or 'auto')")
         self.backend = backend
         self.rom_md5 = {g: rom_md5(g) for g in dict.fromkeys(self.games)}
         size = int(settings.screen_size)
@@ -164,7 +174,7 @@ class VecAtari:
         self._fresh = True  # no step since the envs were created or reset
         if backend == "loop":
             atari = settings.atari_settings()
-            self._envs = [AtariEnv(g, atari, seed=int(s)) for g, s in zip(self.games, self.seeds, strict=True)]
+            self._envs = [make_env(g, atari, seed=int(s)) for g, s in zip(self.games, self.seeds, strict=True)]
         else:
             from ale_py.vector_env import AtariVectorEnv
 
@@ -185,8 +195,7 @@ class VecAtari:
         if self.backend == "loop":
             for i, env in enumerate(self._envs):
                 if not self._fresh:  # a restart replays the seed's stream, as the first run did
-                    env.ale.setInt("random_seed", int(self.seeds[i]))
-                    env.ale.loadROM(str(env._rom_path))
+                    env = self._envs[i] = make_env(self.games[i], env.settings, seed=int(self.seeds[i]))
                 self._obs[i] = env.reset()
         else:
             for g, rows in self._groups.items():

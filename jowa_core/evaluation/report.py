@@ -156,7 +156,8 @@ def load_results(paths: list[str] | list[Path]) -> list[MethodScores]:
 
     A JSON's method name is its file stem (or ``JOWA-<PRESET>[ no-plan]`` for a generic or repeated stem); its
     preset and planning flag come from ``checkpoint.config.preset`` and ``agent.plan``. For CSV methods they are
-    guessed from the name ('...150M...', '...no-plan...').
+    guessed from the name ('...150M...', '...no-plan...'). JSONs with the same name (e.g. ``ft/Pong/JOWA-FT.json``,
+    ``ft/Gravitar/JOWA-FT.json``), disjoint games and the same preset and planning flag are one method.
     """
     if not paths:
         raise ValueError("no input files")
@@ -168,6 +169,13 @@ def load_results(paths: list[str] | list[Path]) -> list[MethodScores]:
         if p.suffix.lower() == ".csv":
             methods.extend(_load_csv(p, taken))
         else:
+            m = _load_json(p, set())
+            same = next((x for x in methods if x.name == m.name and x.source.endswith(".json")), None)
+            if same is not None and not set(same.scores) & set(m.scores) and (same.preset, same.plan) == (
+                    m.preset, m.plan):  # one method evaluated game by game (e.g. one fine-tuned model per game)
+                same.scores.update(m.scores)
+                same.source += f", {m.source}"
+                continue
             m = _load_json(p, taken)
             taken.add(m.name)
             methods.append(m)
@@ -431,7 +439,7 @@ def _write_markdown(
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}: {note}" for n, note in notes]
     names = [m.name for m in methods if m.scores]  # columns without per-game numbers have no per-game cells
-    games_order = [g for g in _games.GAMES if any(r["game"] == g for r in per_game)]
+    games_order = [g for g in _games.REGISTRY if any(r["game"] == g for r in per_game)]
     lines += [
         "",
         "## Per-game scores (raw / HNS / DNS)",

@@ -395,7 +395,8 @@ class Tokenizer(nn.Module):
         ``reconstruction`` mean |x - x_hat| in [-1, 1] space; ``commitment`` mean (sg(z) - z_q)^2 +
         beta * mean (z - sg(z_q))^2 (beta = 1); ``perceptual`` mean LPIPS(x, x_hat) when an LPIPS module is
         given; ``total`` their sum (weights 1). The decoder sees z + sg(z_q - z) (straight-through).
-        With ``return_tokens`` the dict also holds ``tokens`` (B, 36), detached.
+        With ``return_tokens`` the dict also holds ``tokens`` (B, 36) and the encoder outputs ``latents``
+        (B*36, embed_dim), both detached.
         """
         x = self.preprocess(frames)
         z = self.encode_latents(x)
@@ -412,7 +413,25 @@ class Tokenizer(nn.Module):
         out["total"] = sum(out.values())
         if return_tokens:
             out["tokens"] = tokens.detach()
+            out["latents"] = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
         return out
+
+
+@torch.no_grad()
+def restart_dead_codes(codebook: Tensor, age: Tensor, tokens: Tensor, latents: Tensor, patience: int) -> int:
+    """Codebook restarts: ``age`` (V,) counts the consecutive steps each code went unused; codes unused for
+    ``patience`` steps are re-initialised, in place, to encoder outputs drawn at random from ``latents`` (N, E)
+    (the torch RNG). Not in the paper; it keeps small or short runs from collapsing onto a few codes. Returns
+    how many codes were restarted."""
+    used = torch.zeros_like(age, dtype=torch.bool)
+    used[tokens.flatten()] = True
+    age.add_(1).masked_fill_(used, 0)
+    dead = (age >= patience).nonzero().flatten()
+    if len(dead):
+        pick = torch.randint(len(latents), (len(dead),), device=latents.device)
+        codebook[dead] = latents[pick].to(codebook.dtype)
+        age[dead] = 0
+    return len(dead)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -87,10 +87,10 @@ def store_context(store, index: int, history: int) -> dict[str, Any]:
 def live_context(game: str, seed: int, history: int, steps: int = DEFAULT_LIVE_STEPS) -> dict[str, Any]:
     """Reset an ALE game (Dopamine preprocessing) with ``seed``, play ``steps`` uniformly random actions of its
     minimal set (the first half no-ops, to let the game start), and keep the last ``history`` steps."""
-    from jowa_core.envs.atari import AtariEnv
+    from jowa_core.envs import make_env
 
     info = _games.get(game)
-    env = AtariEnv(info.name, seed=seed)
+    env = make_env(info.name, seed=seed)
     rng = np.random.default_rng(seed)
     try:
         frames = [env.reset()]

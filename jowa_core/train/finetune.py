@@ -432,7 +432,7 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
         """A model-only world_action checkpoint at ``path`` (+ ``tokenizer/`` when it trains)."""
         with ckpt.atomic_dir(path) as tmp:
             ckpt.write_model_files(tmp, "world_action", to_dict(mcfg), model.state_dict(), step=step, stage=stage,
-                                   games=[info.name], **extra)
+                                   games=[info.name], gamma=cfg.gamma, **extra)
             if joint_tok is not None:
                 save_tokenizer(tok, tmp / "tokenizer", step=step)
         return path

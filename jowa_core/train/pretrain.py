@@ -192,7 +192,8 @@ def save_checkpoint(out: Path, model: WorldActionModel, opt: torch.optim.Optimiz
     jdist.barrier(ctx)
     if ctx.is_main:
         ckpt.write_model_files(tmp, "world_action", to_dict(cfg.model), model.state_dict(),
-                               step=state["step"], stage=state["stage"], games=state.get("games"))
+                               step=state["step"], stage=state["stage"], games=state.get("games"),
+                               gamma=cfg.train.gamma)
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         ckpt.write_json_atomic(tmp / "state.json", {**state, "world_size": ctx.world_size})
         save_yaml(cfg, tmp / "config.yaml")
@@ -496,7 +497,7 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
         final = out / "final"
         with ckpt.atomic_dir(final) as tmp:
             ckpt.write_model_files(tmp, "world_action", to_dict(cfg.model), model.state_dict(), step=step,
-                                   stage=state["stage"], games=dataset.games)
+                                   stage=state["stage"], games=dataset.games, gamma=cfg.train.gamma)
         if joint_tok is not None:
             from jowa_core.models.tokenizer import save_tokenizer
 

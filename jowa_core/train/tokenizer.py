@@ -44,13 +44,13 @@ from jowa_core.config import ConfigError, save_yaml, to_dict
 from jowa_core.data.store import FRAME_SHAPE, FrameReader, GameStore, StoreError, list_stores, open_store
 from jowa_core.devices import pick_device
 from jowa_core.models.lpips import LPIPS, load_lpips
-from jowa_core.models.tokenizer import KIND, Tokenizer, TokenizerConfig, tokenizer_tensors
+from jowa_core.models.tokenizer import KIND, Tokenizer, TokenizerConfig, restart_dead_codes, tokenizer_tensors
 from jowa_core.progress import NullReporter, Reporter
 from jowa_core.train.step import optimizer_step
 
 METRIC_COLUMNS = (
     "step", "total", "reconstruction", "commitment", "perceptual", "heldout_l1", "grad_norm",
-    "codebook_usage", "perplexity", "lr", "frames_per_s", "elapsed_s",
+    "codebook_usage", "perplexity", "lr", "restarted_codes", "frames_per_s", "elapsed_s",
 )
 # Keys that may change between a run and its resumption (they do not change what is computed).
 RESUMABLE_CHANGES = ("steps", "log_every", "save_every", "grid_every", "num_workers", "device", "keep_checkpoints",
@@ -82,6 +82,7 @@ class TokenizerTrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA (as the official code); ignored on CPU
     num_workers: int = 4  # DataLoader processes reading frames
+    restart_dead_codes: int = 0  # >0: re-initialise codes unused for this many steps (not in the paper; 0 = off)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "save_every", "grid_every"):
@@ -89,8 +90,8 @@ class TokenizerTrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.heldout_frames < 0 or self.grid_frames < 0 or self.num_workers < 0:
-            raise ConfigError("heldout_frames, grid_frames and num_workers must be >= 0")
+        if self.heldout_frames < 0 or self.grid_frames < 0 or self.num_workers < 0 or self.restart_dead_codes < 0:
+            raise ConfigError("heldout_frames, grid_frames, num_workers and restart_dead_codes must be >= 0")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -291,14 +292,15 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
 
 
 def save_training_checkpoint(out: Path, step: int, model: Tokenizer, opt: torch.optim.Optimizer,
-                             cfg: TokenizerTrainConfig, data_info: list[dict[str, Any]], device: torch.device) -> Path:
+                             cfg: TokenizerTrainConfig, data_info: list[dict[str, Any]], device: torch.device,
+                             code_age: torch.Tensor) -> Path:
     name = f"step_{step:08d}"
     path = out / "checkpoints" / name
     with ckpt.atomic_dir(path) as tmp:
         ckpt.write_model_files(tmp, KIND, to_dict(cfg.model), tokenizer_tensors(model), step=step,
                                train_config=to_dict(cfg))
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        ckpt.save_tensors(tmp / "rng.safetensors", _rng_state(device))
+        ckpt.save_tensors(tmp / "rng.safetensors", {**_rng_state(device), "code_age": code_age.cpu()})
         ckpt.write_json_atomic(tmp / "state.json", {"step": step, "data": data_info})
     ckpt.mark_latest(out, name, keep=cfg.keep_checkpoints)
     return path
@@ -359,13 +361,17 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data: str | os.PathLike, out: str
     torch.manual_seed(cfg.seed)
     model = Tokenizer(cfg.model).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    code_age = torch.zeros(cfg.model.vocab_size, dtype=torch.long, device=device)  # steps since each code was used
     start = 0
     if latest is not None:
         start = _check_resumable(latest, cfg, data_info)
         _, tensors = ckpt.load_model(latest, KIND, device=device)
         model.load_state_dict(tensors)
         opt.load_state_dict(torch.load(latest / "optimizer.pt", map_location=device, weights_only=True))
-        _set_rng_state(ckpt.load_tensors(latest / "rng.safetensors"), device)
+        rng_state = ckpt.load_tensors(latest / "rng.safetensors")
+        _set_rng_state(rng_state, device)
+        if "code_age" in rng_state:
+            code_age.copy_(rng_state["code_age"])
         reporter.log(f"resuming {out} from {latest.name} (step {start})")
     save_yaml(cfg, out / "config.yaml")
 
@@ -411,6 +417,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data: str | os.PathLike, out: str
     t_window, frames_window = t_begin, 0
     last_row: dict[str, Any] = {}
     final_path = out / "final"
+    restarted = 0  # codes restarted since the last metrics row
     model.train()
     try:
         batches = batch_stream(dataset, start + 1, cfg.steps + 1, cfg.num_workers, pin=device.type == "cuda")
@@ -418,6 +425,9 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data: str | os.PathLike, out: str
             with autocast():
                 losses = model.compute_loss(frames, perceptual, return_tokens=True)
             grad_norm = optimizer_step(opt, losses["total"], model.parameters(), cfg.grad_clip)
+            if cfg.restart_dead_codes:
+                restarted += restart_dead_codes(model.embedding.weight, code_age, losses["tokens"], losses["latents"],
+                                                cfg.restart_dead_codes)
             frames_window += int(frames.shape[0])
             reporter.advance(task, 1)
 
@@ -435,12 +445,13 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data: str | os.PathLike, out: str
                     "codebook_usage": _fmt(usage),
                     "perplexity": _fmt(ppl),
                     "lr": cfg.lr,
+                    "restarted_codes": restarted,
                     "frames_per_s": f"{frames_window / max(now - t_window, 1e-9):.1f}",
                     "elapsed_s": f"{now - t_begin:.1f}",
                 }
                 metrics.write(row)
                 last_row = row
-                t_window, frames_window = time.perf_counter(), 0
+                t_window, frames_window, restarted = time.perf_counter(), 0, 0
                 reporter.log(
                     f"step {step}: loss {row['total']} (rec {row['reconstruction']}, commit {row['commitment']}"
                     + (f", perc {row['perceptual']}" if row["perceptual"] is not None else "")
@@ -448,7 +459,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data: str | os.PathLike, out: str
                     f"{row['frames_per_s']} frames/s"
                 )
             if step % cfg.save_every == 0 or last:
-                save_training_checkpoint(out, step, model, opt, cfg, data_info, device)
+                save_training_checkpoint(out, step, model, opt, cfg, data_info, device, code_age)
         ckpt.save_model(final_path, KIND, to_dict(cfg.model), tokenizer_tensors(model), step=max(start, cfg.steps),
                         train_config=to_dict(cfg))
     finally:
