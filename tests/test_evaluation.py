@@ -222,8 +222,11 @@ def test_history_is_capped_with_planning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert Agent(tiny_model(), FakeTokenizer(), ["Pong"], plan=False, history=8).history == 8
-        assert Agent(tiny_model(), FakeTokenizer(), ["Pong"], horizon=2).history == 6
-        assert Agent(tiny_model(), FakeTokenizer(), ["Pong"], horizon=3).history == 5
+        # defaults keep every Q̂ read off the last position (no TD target there in pretraining): 8 - H - 1
+        assert Agent(tiny_model(), FakeTokenizer(), ["Pong"], horizon=2).history == 5
+        assert Agent(tiny_model(), FakeTokenizer(), ["Pong"], horizon=3).history == 4
+        assert Agent(tiny_model(), FakeTokenizer(), ["Pong"], plan=False).history == 7
+        assert Agent(tiny_model(), FakeTokenizer(), ["Pong"], horizon=2, history=6).history == 6  # honoured
     with pytest.raises(ValueError):
         Agent(tiny_model(), FakeTokenizer(), ["Pong"], history=0)
 
@@ -310,7 +313,7 @@ def test_evaluate_end_to_end_writes_the_json(ckpts, tmp_path):
     assert on_disk["tokenizer"]["sha256"] == sha256(tok / "model.safetensors")
     assert on_disk["roms"] == {"SpaceInvaders": rom_md5("SpaceInvaders"), "Pong": rom_md5("Pong")}
     agent = on_disk["agent"]
-    assert agent["plan"] and agent["horizon"] == 2 and agent["history"] == 6 and agent["beam"] == "auto"
+    assert agent["plan"] and agent["horizon"] == 2 and agent["history"] == 5 and agent["beam"] == "auto"
     assert list(on_disk["games"]) == ["SpaceInvaders", "Pong"]
     for g, r in on_disk["games"].items():
         assert r["beam"] == games.get(g).beam_width and r["task_id"] == games.get(g).task_id

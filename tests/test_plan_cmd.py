@@ -81,12 +81,12 @@ def test_plan_from_a_store(setup, tmp_path):
     out = json.loads(js.read_text())
     store = open_store(setup["store"])
     assert store.episode_start[0] == 0 and store.episode_length[0] > index + 2  # one long episode at the start
-    ref = expected_plan(setup["model"], setup["tok"], store.frames.read_range(index - 5, index + 1),
-                        store.action[index - 5:index].astype(np.int64), "Breakout", 3, 2)
+    ref = expected_plan(setup["model"], setup["tok"], store.frames.read_range(index - 4, index + 1),
+                        store.action[index - 4:index].astype(np.int64), "Breakout", 3, 2)
     assert out["chosen"]["action_index"] == int(ref.action[0])
     assert out["chosen"]["action"] == games.FULL_ACTIONS[int(ref.action[0])]
     assert out["chosen"]["score"] == pytest.approx(float(ref.score[0]), abs=1e-5)
-    assert out["history"] == 6 and out["context_tokens"] == 6 * 37 - 1
+    assert out["history"] == 5 and out["context_tokens"] == 5 * 37 - 1  # default 8 - H - 1
     check_tree(out["tree"], 3, 2, 4)
     assert len(out["leaves"]) == 3
     assert out["real"]["next_indices"] == [index + 1, index + 2]
@@ -105,8 +105,8 @@ def test_plan_from_a_live_game(setup, tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(js.read_text())
     assert out["source"] == {"kind": "live", "seed": 3, "steps": 6}
-    ctx = live_context("Pong", 3, 7, 6)  # 6 steps from reset: 7 frames, at most 8 - 1 kept
-    assert out["history"] == len(ctx["frames"]) == 7
+    ctx = live_context("Pong", 3, 6, 6)  # 6 steps from reset: 7 frames, the default 8 - H - 1 = 6 kept
+    assert out["history"] == len(ctx["frames"]) == 6
     ref = expected_plan(setup["model"], setup["tok"], ctx["frames"], ctx["actions"], "Pong", 2, 1)
     assert out["chosen"]["action_index"] == int(ref.action[0])
     check_tree(out["tree"], 2, 1, 6)

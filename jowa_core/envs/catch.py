@@ -1,6 +1,7 @@
 """Catch: a small built-in pixel game for tests and learning checks, played like an Atari game.
 
-The screen is a 6x6 grid of 14x14-pixel cells (84x84 grayscale, the tokenizer's own 6x6 token grid). A ball
+The screen is a 6x6 grid of 14x14-pixel cells (84x84 grayscale, the tokenizer's own 6x6 token grid; objects
+fill whole cells, so each token's patch shows one thing, which a briefly trained tokenizer can keep apart). A ball
 appears in a random column of the top row and falls one row per step; the paddle lives in the bottom row and
 moves one column per step (actions NOOP, RIGHT, LEFT: full ALE indices 0, 3, 4, so the game has an action
 mask like any Atari game). When the ball reaches the bottom row the step pays +1 if the paddle is under it and
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ACTION_SET", "BALLS", "FALL", "GRID", "RULES", "CatchEnv", "random_policy_return", "render"]
+__all__ = ["ACTION_SET", "BALLS", "FALL", "GRID", "RULES", "CatchEnv", "all_states", "random_policy_return", "render"]
 
 GRID = 6  # cells per side
 CELL = 14  # pixels per cell: GRID * CELL = 84
@@ -31,23 +32,26 @@ FALL = GRID - 1  # steps from the top row to the bottom row
 BALLS = 10  # balls per episode
 ACTION_SET = (0, 3, 4)  # NOOP, RIGHT, LEFT as full ALE action indices
 _MOVES = np.array([0, 1, -1])  # paddle column change per minimal action
-BALL_VALUE, PADDLE_VALUE = 255, 160
-RULES = (f"jowa-catch-v1 grid={GRID} cell={CELL} balls={BALLS} actions={ACTION_SET} ball={BALL_VALUE} "
+BALL_VALUE, PADDLE_VALUE = 255, 128
+RULES = (f"jowa-catch-v2 grid={GRID} cell={CELL} balls={BALLS} actions={ACTION_SET} ball={BALL_VALUE} "
          f"paddle={PADDLE_VALUE}")  # its md5 stands in for a ROM's
 
 
 def render(ball_row: int, ball_col: int, paddle: int, size: int = GRID * CELL) -> np.ndarray:
-    """The (size, size) uint8 screen: a 10x10 ball in its cell, a 14x4 paddle at the bottom of the last row."""
+    """The (size, size) uint8 screen: the ball and the paddle each fill their 14x14 cell (one token's patch)."""
     screen = np.zeros((GRID * CELL, GRID * CELL), np.uint8)
-    y, x = ball_row * CELL, ball_col * CELL
-    screen[y + 2: y + 12, x + 2: x + 12] = BALL_VALUE
-    y, x = FALL * CELL, paddle * CELL
-    screen[y + 8: y + 12, x: x + CELL] = PADDLE_VALUE
+    screen[ball_row * CELL:(ball_row + 1) * CELL, ball_col * CELL:(ball_col + 1) * CELL] = BALL_VALUE
+    screen[FALL * CELL:, paddle * CELL:(paddle + 1) * CELL] = PADDLE_VALUE
     if size != GRID * CELL:
         import cv2
 
         screen = np.asarray(cv2.resize(screen, (size, size), interpolation=cv2.INTER_AREA), np.uint8)
     return screen
+
+
+def all_states() -> list[tuple[int, int, int]]:
+    """Every (ball row, ball column, paddle column) a screen can show: 5 x 6 x 6 = 180."""
+    return [(r, c, p) for r in range(FALL) for c in range(GRID) for p in range(GRID)]
 
 
 def random_policy_return(balls: int = BALLS) -> float:

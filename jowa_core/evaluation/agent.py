@@ -25,6 +25,7 @@ from torch import Tensor
 from jowa_core import games as _games
 from jowa_core.models.tokenizer import Tokenizer
 from jowa_core.models.world_action import WorldActionModel, segment_tokens
+from jowa_core.planning.beam import default_history
 
 __all__ = ["Agent", "AgentStats"]
 
@@ -50,8 +51,11 @@ class Agent:
 
     ``games`` names each environment's game (task id, valid actions and the paper's beam width come from the
     registry). ``beam`` is an int or "auto" (the game's beam width, paper Table 16); ``plan=False``, ``beam <= 1``
-    or ``horizon == 0`` act greedily on Q̂. ``history`` (steps of context, 1..max_steps) defaults to the most
-    that fits: ``max_steps - horizon`` with planning, ``max_steps`` without; a larger request is capped with a
+    or ``horizon == 0`` act greedily on Q̂. ``history`` (steps of context, 1..max_steps) defaults to
+    ``max_steps - horizon - 1`` (``max_steps - 1`` greedy): the most that keeps every Q̂ the agent reads (at the
+    root and at the leaves) at a position that pretraining trained with TD targets. The last step of a training
+    segment has no next state in it, so Q̂ at position ``max_steps`` only ever learns from terminal steps
+    (docs/evaluation.md). A request up to ``max_steps - horizon`` is honoured; a larger one is capped with a
     warning (recorded in ``notes``). ``seeds`` (N,) seed each environment's epsilon stream. ``max_batch`` caps
     the environments per planner call (planning memory grows with batch x beam^2). ``planner`` replaces
     ``jowa_core.planning.beam.plan`` (tests).
@@ -98,7 +102,7 @@ class Agent:
         if cap < 1:
             raise ValueError(f"horizon {horizon} leaves no room for context in {cfg.max_steps} steps")
         if history is None:
-            history = cap
+            history = min(cap, default_history(cfg.max_steps, self.horizon))
         elif int(history) < 1:
             raise ValueError(f"history must be >= 1 step, got {history}")
         elif int(history) > cap:

@@ -66,6 +66,13 @@ def imagine_step(model: WorldActionModel, cache: KVCache, actions: Tensor, tasks
     return reward, torch.stack(tokens, 1), masked_q(model, out.q_logits, action_mask)
 
 
+def default_history(max_steps: int, horizon: int) -> int:
+    """Default context steps for planning with ``horizon`` imagined steps (0: greedy): ``max_steps - horizon - 1``,
+    the most that keeps every Q̂ read (root and leaves) off position ``max_steps``. Pretraining segments have no
+    next state after their last step, so Q̂ there learns only from terminal steps (docs/evaluation.md)."""
+    return max(1, int(max_steps) - int(horizon) - 1)
+
+
 @torch.no_grad()
 def plan(model: WorldActionModel, tokens: Tensor, tasks: Tensor, action_mask: Tensor, beam: int = 2,
          horizon: int = 2, gamma: float = 0.99, record: bool = False) -> PlanResult:

@@ -18,7 +18,7 @@ import torch
 from jowa_core import games as _games
 from jowa_core.models.tokenizer import Tokenizer
 from jowa_core.models.world_action import WorldActionModel, segment_tokens
-from jowa_core.planning.beam import plan
+from jowa_core.planning.beam import default_history, plan
 
 TILE = 84  # decoded frame side, pixels
 GAP = 2  # pixels between tiles
@@ -123,7 +123,7 @@ def inspect_state(model: WorldActionModel, tokenizer: Tokenizer, game: str | Non
 
     The state is row ``index`` of ``store`` (a ``GameStore``; its game is used when ``game`` is None) or,
     without a store, a live game reset with ``live_seed`` (default 0) after ``live_steps`` steps. The
-    context is the last ``history`` steps (default: as many as the horizon leaves room for, 8 - H) within
+    context is the last ``history`` steps (default ``default_history``: 8 - H - 1, at most 8 - H) within
     the episode, frames encoded with ``tokenizer``, the current step without an action.
 
     Returns ``game``, ``task_id``, ``source`` (store path/index/episode or live seed), ``beam``, ``horizon``,
@@ -155,7 +155,7 @@ def inspect_state(model: WorldActionModel, tokenizer: Tokenizer, game: str | Non
     cap = max_history(model, K, H)
     if cap < 1:
         raise ValueError(f"horizon {H} leaves no room for a context in {model.cfg.max_steps} steps")
-    history = cap if history is None else int(history)
+    history = min(cap, default_history(model.cfg.max_steps, 0 if K <= 1 else H)) if history is None else int(history)
     if not 1 <= history <= cap:
         raise ValueError(f"--history {history}: expected 1..{cap} (the context and {H} imagined steps must fit "
                          f"in the model's {model.cfg.max_steps} steps)")
