@@ -39,6 +39,9 @@ def evaluate(
     gamma: Annotated[
         float | None, typer.Option(help="Planner discount; default: the checkpoint's training gamma, else 0.99.")
     ] = None,
+    imagined_reward: Annotated[
+        str, typer.Option(help="Imagined rewards: mode (the official planner) or expected (p(+1) - p(-1)).")
+    ] = "mode",
     history: Annotated[
         int, typer.Option(help="Context steps 1..8 (capped at 8 - horizon when planning); 0 = the most that fits.")
     ] = 0,
@@ -87,7 +90,8 @@ def evaluate(
                      history=history or None, plan=not no_plan, seed=seed, device=device, out_json=out or None,
                      reporter=reporter, backend=backend, max_batch=batch, dtype=dtype,
                      planner="mcts" if mcts else "beam", video_dir=video_dir or None,
-                     video_episodes=[int(e) for e in video_episodes.split(",") if e.strip()], gamma=gamma)
+                     video_episodes=[int(e) for e in video_episodes.split(",") if e.strip()], gamma=gamma,
+                     reward_mode=imagined_reward)
     finally:
         reporter.close()
     if not is_main:

@@ -174,7 +174,7 @@ class RecordingPlanner:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, model, tokens, tasks, mask, beam, horizon, gamma):
+    def __call__(self, model, tokens, tasks, mask, beam, horizon, gamma, reward_mode="mode"):
         self.calls.append({"tokens": tokens.clone(), "tasks": tasks.clone(), "beam": beam, "horizon": horizon})
         return SimpleNamespace(action=mask.float().argmax(-1))  # first valid action
 

@@ -37,11 +37,12 @@ def contexts(n: int, steps: int, vocab: int = 16, seed: int = 1) -> torch.Tensor
     return tok[:, :-1]  # the current observation has no action yet
 
 
-def naive_step(m: WorldActionModel, tokens: torch.Tensor, task: torch.Tensor, action: int):
+def naive_step(m: WorldActionModel, tokens: torch.Tensor, task: torch.Tensor, action: int, reward_mode="mode"):
     """One imagined step by full forwards (no cache): reward, obs tokens, Q̂ (A,) of one context."""
     seq = torch.cat([tokens, torch.tensor([action])])
     out = m(seq[None], task[None])
-    reward = int(out.reward_logits[0, -1].argmax()) - 1
+    p = out.reward_logits[0, -1].softmax(-1)
+    reward = int(out.reward_logits[0, -1].argmax()) - 1 if reward_mode == "mode" else float(p[2] - p[0])
     obs = []
     for _ in range(36):
         nxt = int(m(seq[None], task[None]).obs_logits[0, -1].argmax())
@@ -51,14 +52,14 @@ def naive_step(m: WorldActionModel, tokens: torch.Tensor, task: torch.Tensor, ac
     return reward, seq, q
 
 
-def exhaustive(m, tokens, task, mask, horizon):
+def exhaustive(m, tokens, task, mask, horizon, reward_mode="mode"):
     """argmax over all valid action sequences of sum gamma^(i-1) r_i + gamma^H max_a Q̂(s_H, a)."""
     valid = mask.nonzero()[:, 0].tolist()
     best = (-float("inf"), None)
     for seq_actions in itertools.product(valid, repeat=horizon):
         seq, total = tokens, 0.0
         for i, a in enumerate(seq_actions):
-            r, seq, q = naive_step(m, seq, task, a)
+            r, seq, q = naive_step(m, seq, task, a, reward_mode)
             total += GAMMA**i * r
         score = total + GAMMA**horizon * q.masked_fill(~mask, -float("inf")).max().item()
         if score > best[0] + 1e-6:
@@ -141,6 +142,23 @@ def test_context_too_long_for_the_horizon_is_an_error():
         plan(m, tokens, task, mask, beam=2, horizon=2)
     with pytest.raises(ValueError, match="full observation"):
         plan(m, tokens[:, :-1], task, mask)
+
+
+def test_expected_imagined_rewards_equal_exhaustive_enumeration():
+    """reward_mode='expected' scores imagined rewards as p(+1) - p(-1): the same oracle with that reward."""
+    m = model(4)
+    tokens = contexts(3, 6, seed=5)
+    task = torch.tensor([2, 8, 59])
+    mask = torch.zeros(3, 18, dtype=torch.bool)
+    mask[:, [0, 3, 4]] = True
+    res = plan(m, tokens, task, mask, beam=3, horizon=2, gamma=GAMMA, reward_mode="expected")
+    for i in range(3):
+        score, first = exhaustive(m, tokens[i], task[i], mask[i], 2, reward_mode="expected")
+        assert int(res.action[i]) == first
+        assert res.score[i].item() == pytest.approx(score, abs=1e-4)
+    assert not torch.equal(res.score, plan(m, tokens, task, mask, beam=3, horizon=2, gamma=GAMMA).score)
+    with pytest.raises(ValueError, match="reward_mode"):
+        plan(m, tokens, task, mask, beam=3, horizon=2, reward_mode="mean")
 
 
 @pytest.mark.parametrize("beam,horizon", [(2, 2), (2, 3), (3, 2)])

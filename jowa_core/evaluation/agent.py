@@ -25,7 +25,7 @@ from torch import Tensor
 from jowa_core import games as _games
 from jowa_core.models.tokenizer import Tokenizer
 from jowa_core.models.world_action import WorldActionModel, segment_tokens
-from jowa_core.planning.beam import default_history
+from jowa_core.planning.beam import REWARD_MODES, default_history
 
 __all__ = ["Agent", "AgentStats"]
 
@@ -58,14 +58,15 @@ class Agent:
     (docs/evaluation.md). A request up to ``max_steps - horizon`` is honoured; a larger one is capped with a
     warning (recorded in ``notes``). ``seeds`` (N,) seed each environment's epsilon stream. ``max_batch`` caps
     the environments per planner call (planning memory grows with batch x beam^2). ``planner`` replaces
-    ``jowa_core.planning.beam.plan`` (tests).
+    ``jowa_core.planning.beam.plan`` (tests). ``reward_mode`` reads imagined rewards as the mode (official) or
+    the expectation (``jowa_core.planning.beam.imagine_step``).
     """
 
     def __init__(self, model: WorldActionModel, tokenizer: Tokenizer, games: Sequence[str], *,
                  plan: bool = True, beam: int | str = "auto", horizon: int = _games.PLANNING_HORIZON,
                  history: int | None = None, epsilon: float = 0.001, gamma: float = 0.99,
                  seeds: Sequence[int] | np.ndarray | None = None, max_batch: int = 64,
-                 planner: Planner | None = None):
+                 planner: Planner | None = None, reward_mode: str = "mode"):
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
         infos = [_games.get(g) for g in games]
@@ -96,6 +97,9 @@ class Agent:
         self.horizon = int(horizon) if self.plan else 0
         self.beams = np.array(beams if self.plan else [1] * n, dtype=np.int64)
         self.epsilon, self.gamma = float(epsilon), float(gamma)
+        if reward_mode not in REWARD_MODES:
+            raise ValueError(f"reward_mode must be one of {', '.join(REWARD_MODES)}, got {reward_mode!r}")
+        self.reward_mode = reward_mode
         self.max_batch = int(max_batch)
         self.notes: list[str] = []
         cap = cfg.max_steps - self.horizon
@@ -209,7 +213,8 @@ class Agent:
                     part = group[start:start + self.max_batch]
                     idx = torch.as_tensor(part, device=self.device)
                     res = planner(self.model, self.contexts(part), self.tasks[idx], self.action_masks[idx],
-                                  beam=int(self.beams[part[0]]), horizon=self.horizon, gamma=self.gamma)
+                                  beam=int(self.beams[part[0]]), horizon=self.horizon, gamma=self.gamma,
+                                  reward_mode=self.reward_mode)
                     actions[part] = res.action.cpu().numpy()
                     self.stats.planner_calls += 1
             self.stats.decisions += int(plan_rows.size)

@@ -148,7 +148,8 @@ def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Se
              device: str = "auto", out_json: str | Path | None = None, reporter: Reporter | None = None,
              backend: str = "auto", max_batch: int = 64, dtype: str = "float32",
              planner: str = "beam", video_dir: str | Path | None = None,
-             video_episodes: Sequence[int] = (0,), gamma: float | None = None) -> dict[str, Any]:
+             video_episodes: Sequence[int] = (0,), gamma: float | None = None,
+             reward_mode: str = "mode") -> dict[str, Any]:
     """Evaluate a world-action checkpoint (a checkpoint or run directory) with a tokenizer on ``games`` (names or
     groups, see ``games.resolve``), ``episodes`` per game; returns (and writes to ``out_json``) the result dict.
 
@@ -157,7 +158,7 @@ def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Se
     ``planner``: "beam" (batched beam search) or "mcts" (MCTS with K^2 (H-1) + K simulations, for comparison).
     ``video_dir``: write an MP4 of the agent's observations for episodes ``video_episodes`` of every game.
     ``gamma``: the planner's discount; None = the one the checkpoint was trained with (``gamma`` in its metadata),
-    else the paper's 0.99.
+    else the paper's 0.99. ``reward_mode``: imagined rewards as the mode ("mode", official) or "expected".
     """
     from jowa_core.models.tokenizer import load_tokenizer, weights_file
     from jowa_core.models.world_action import load_world_action
@@ -185,7 +186,7 @@ def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Se
         mine = items[ctx.rank::ctx.world_size]
         gamma = float(meta.get("gamma", 0.99)) if gamma is None else float(gamma)
         agent_kw = {"plan": plan, "beam": beam, "horizon": horizon, "history": history, "max_batch": max_batch,
-                    "gamma": gamma}
+                    "gamma": gamma, "reward_mode": reward_mode}
         if planner == "mcts":
             from jowa_core.planning.mcts import plan_mcts
 
@@ -220,6 +221,7 @@ def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Se
             "settings": settings.to_dict(),
             "agent": {"plan": ref.get("plan", plan), "beam": beam, "horizon": ref.get("horizon", horizon),
                       "history": ref.get("history", history), "history_requested": history, "gamma": gamma,
+                      "reward_mode": reward_mode,
                       "epsilon": settings.epsilon, "dtype": dtype, "max_batch": max_batch, "seed": int(seed),
                       "planner": planner if plan else "greedy",
                       "env_backend": backend},

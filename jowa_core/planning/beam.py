@@ -48,15 +48,17 @@ def masked_q(model: WorldActionModel, q_logits: Tensor, action_mask: Tensor) -> 
 
 @torch.no_grad()
 def imagine_step(model: WorldActionModel, cache: KVCache, actions: Tensor, tasks: Tensor,
-                 action_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                 action_mask: Tensor, reward_mode: str = "mode") -> tuple[Tensor, Tensor, Tensor]:
     """One imagined environment step for every row of ``cache`` (which must end at an observation): feed the
     action, decode the 36 next observation tokens greedily, read Q̂ at the last one.
 
-    Returns reward (R,) in {-1, 0, 1}, obs tokens (R, 36), masked Q̂ (R, A). Appends 37 tokens to ``cache``.
+    Returns reward (R,), obs tokens (R, 36), masked Q̂ (R, A); appends 37 tokens to ``cache``. ``reward_mode``
+    "mode": the most likely class - 1, in {-1, 0, 1} (the official planner); "expected": p(+1) - p(-1), which
+    still sees a likely-but-not-certain reward that the mode rounds away (docs/planning.md).
     """
     K = model.cfg.tokens_per_obs
     out = model(actions[:, None], tasks, cache=cache, heads=("obs", "reward"))  # the action token
-    reward = out.reward_logits[:, 0].float().argmax(-1) - 1
+    reward = imagined_reward(out.reward_logits[:, 0], reward_mode)
     tok = out.obs_logits[:, 0].argmax(-1)
     tokens = [tok]
     for _ in range(K - 1):  # obs tokens 0..34 each predict the next one
@@ -64,6 +66,19 @@ def imagine_step(model: WorldActionModel, cache: KVCache, actions: Tensor, tasks
         tokens.append(tok)
     out = model(tok[:, None], tasks, cache=cache, heads=("q",))  # obs token 35: Q̂(s')
     return reward, torch.stack(tokens, 1), masked_q(model, out.q_logits, action_mask)
+
+
+REWARD_MODES = ("mode", "expected")
+
+
+def imagined_reward(logits: Tensor, reward_mode: str = "mode") -> Tensor:
+    """(R, 3) reward logits over {-1, 0, +1} -> (R,) imagined rewards (see ``imagine_step``)."""
+    if reward_mode == "mode":
+        return logits.float().argmax(-1) - 1
+    if reward_mode == "expected":
+        p = logits.float().softmax(-1)
+        return p[:, 2] - p[:, 0]
+    raise ValueError(f"reward_mode must be one of {', '.join(REWARD_MODES)}, got {reward_mode!r}")
 
 
 def default_history(max_steps: int, horizon: int) -> int:
@@ -75,11 +90,12 @@ def default_history(max_steps: int, horizon: int) -> int:
 
 @torch.no_grad()
 def plan(model: WorldActionModel, tokens: Tensor, tasks: Tensor, action_mask: Tensor, beam: int = 2,
-         horizon: int = 2, gamma: float = 0.99, record: bool = False) -> PlanResult:
+         horizon: int = 2, gamma: float = 0.99, record: bool = False, reward_mode: str = "mode") -> PlanResult:
     """Choose actions for N contexts at once.
 
     tokens (N, T) int64 with T = 37*g + 36 (g past steps, then the current observation), the same T for every
     row; tasks (N,) task ids; action_mask (N, A) valid full actions. ``record`` keeps the search tree.
+    ``reward_mode``: how imagined rewards are read (``imagine_step``).
     """
     N, T = tokens.shape
     tpo, tps = model.cfg.tokens_per_obs, model.cfg.tokens_per_step
@@ -98,11 +114,11 @@ def plan(model: WorldActionModel, tokens: Tensor, tasks: Tensor, action_mask: Te
     if greedy:
         best = q_root.max(-1)
         return PlanResult(best.indices, q_root, best.values)
-    return beam_search(model, cache, q_root, tasks, action_mask, beam, horizon, gamma, record)
+    return beam_search(model, cache, q_root, tasks, action_mask, beam, horizon, gamma, record, reward_mode)
 
 
 def beam_search(model: WorldActionModel, cache: KVCache, q_root: Tensor, tasks: Tensor, action_mask: Tensor,
-                beam: int, horizon: int, gamma: float, record: bool = False) -> PlanResult:
+                beam: int, horizon: int, gamma: float, record: bool = False, reward_mode: str = "mode") -> PlanResult:
     """Beam search from root caches (N rows, ending at the current observation) with root Q̂ (N, A).
 
     Node arrays are (N, M): M kept nodes per environment (1 at the root, then min(K, M*K)). ``tree[d]`` (when
@@ -128,7 +144,8 @@ def beam_search(model: WorldActionModel, cache: KVCache, q_root: Tensor, tasks: 
         child_cache = cache.fork(node_row.repeat_interleave(K, 1).reshape(-1))
         flat_tasks = tasks.repeat_interleave(M * K)
         flat_mask = action_mask.repeat_interleave(M * K, 0)
-        reward, obs_tokens, q = imagine_step(model, child_cache, child_action.reshape(-1), flat_tasks, flat_mask)
+        reward, obs_tokens, q = imagine_step(model, child_cache, child_action.reshape(-1), flat_tasks, flat_mask,
+                                             reward_mode)
         reward, q = reward.view(N, M * K).float(), q.view(N, M * K, A)
         sum_r = node_sum_r.gather(1, parent) + gamma ** (depth - 1) * reward
         score = sum_r + gamma**depth * q.max(-1).values

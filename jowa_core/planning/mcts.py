@@ -54,7 +54,7 @@ def _priors(q: Tensor, temperature: float) -> Tensor:
 @torch.no_grad()
 def plan_mcts(model: WorldActionModel, tokens: Tensor, tasks: Tensor, action_mask: Tensor, horizon: int = 2,
               num_simulations: int | None = None, beam: int = 2, gamma: float = 0.99, temperature: float = 1.0,
-              select: str = "value") -> PlanResult:
+              select: str = "value", reward_mode: str = "mode") -> PlanResult:
     """Actions for N contexts (N, T), each searched with ``num_simulations`` simulations (default
     K^2 (H-1) + K for beam width K, the beam search's number of imagined steps)."""
     if num_simulations is None:
@@ -62,7 +62,7 @@ def plan_mcts(model: WorldActionModel, tokens: Tensor, tasks: Tensor, action_mas
     actions, scores, roots = [], [], []
     for i in range(tokens.shape[0]):
         a, s, q0 = _search(model, tokens[i], tasks[i], action_mask[i], horizon, num_simulations, gamma,
-                           temperature, select)
+                           temperature, select, reward_mode)
         actions.append(a)
         scores.append(s)
         roots.append(q0)
@@ -72,7 +72,7 @@ def plan_mcts(model: WorldActionModel, tokens: Tensor, tasks: Tensor, action_mas
 
 
 def _search(model: WorldActionModel, tokens: Tensor, task: Tensor, mask: Tensor, horizon: int, sims: int,
-            gamma: float, temperature: float, select: str) -> tuple[int, float, Tensor]:
+            gamma: float, temperature: float, select: str, reward_mode: str = "mode") -> tuple[int, float, Tensor]:
     device = tokens.device
     cache = model.new_cache(1, dtype=next(model.parameters()).dtype)
     out = model(tokens[None], task[None], cache=cache, heads=("q",))
@@ -90,7 +90,7 @@ def _search(model: WorldActionModel, tokens: Tensor, task: Tensor, mask: Tensor,
             child = node.children.get(a)
             if child is None:
                 c = node.cache.fork(zero)
-                r, _, q = imagine_step(model, c, torch.tensor([a], device=device), task[None], mask[None])
+                r, _, q = imagine_step(model, c, torch.tensor([a], device=device), task[None], mask[None], reward_mode)
                 child = _Node(c, q[0], _priors(q[0], temperature), reward=float(r[0]))
                 node.children[a] = child
                 path.append(child)

@@ -12,7 +12,7 @@ from jowa_core.planning.beam import imagine_step, masked_q
 
 @torch.no_grad()
 def plan_node_by_node(model: WorldActionModel, tokens: Tensor, task: Tensor, action_mask: Tensor, beam: int = 2,
-                      horizon: int = 2, gamma: float = 0.99) -> tuple[int, float]:
+                      horizon: int = 2, gamma: float = 0.99, reward_mode: str = "mode") -> tuple[int, float]:
     """(action, score) for one context ``tokens`` (T,) of ``task`` () with ``action_mask`` (A,).
 
     Each node owns a one-row KV cache; every child copies its parent's cache and is imagined alone.
@@ -30,7 +30,7 @@ def plan_node_by_node(model: WorldActionModel, tokens: Tensor, task: Tensor, act
             for a in node["q"].topk(min(num_valid, beam)).indices.tolist():
                 child_cache = node["cache"].fork(torch.zeros(1, dtype=torch.long, device=tokens.device))
                 r, _, q = imagine_step(model, child_cache, torch.tensor([a], device=tokens.device), task[None],
-                                       action_mask[None])
+                                       action_mask[None], reward_mode)
                 sum_r = node["sum_r"] + gamma ** (depth - 1) * float(r[0])
                 children.append({"cache": child_cache, "q": q[0], "sum_r": sum_r,
                                  "score": sum_r + gamma**depth * float(q[0].max()),
