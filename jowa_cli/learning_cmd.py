@@ -49,7 +49,8 @@ def learning_check(
             table.add_column(col)
         table.add_row("random (exact)", f"{s['random']['mean']:.2f}", "", "")
         for name, label in (("data", "data (random policy)"), ("greedy", "JOWA-tiny greedy on Q̂"),
-                            ("plan", "JOWA-tiny beam search K=2 H=2")):
+                            ("plan", "JOWA-tiny beam search K=2 H=2"),
+                            ("plan-expected", "  ... with expected imagined rewards")):
             r = s[name]
             table.add_row(label, f"{r['mean']:.2f}", f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]", str(r["episodes"]))
         Console().print(table)

@@ -142,12 +142,13 @@ def run_demo(out: str | Path, steps: int = 12_000, capacity: int = 4_000, report
     ft_dir = out / "finetune"
     if (ft_dir / "summary.json").is_file():  # finished by an earlier run of the demo
         ft_summary = json.loads((ft_dir / "summary.json").read_text())
-    else:
-        if ft_dir.exists():  # fine-tuning does not resume: start it again
+    else:  # an interrupted fine-tuning continues from its last checkpoint, if it wrote one
+        resume = (ft_dir / "checkpoints").is_dir()
+        if ft_dir.exists() and not resume:
             shutil.rmtree(ft_dir)
         ft_cfg = from_dict(FinetuneConfig, {**DEMO_FINETUNE, "seed": seed})
         ft_summary = finetune(ft_cfg, out / "pretrain", out / "tokenizer", FT_GAME, out / "ft_data" / f"{FT_GAME}.zarr",
-                              ft_dir, reporter=reporter)
+                              ft_dir, resume=resume, reporter=reporter)
     timings["finetune_s"] = time.perf_counter() - t0
     ft_evals = sorted((ft_dir / "evals").glob("step_*.json"))
 

@@ -98,7 +98,8 @@ def run_learning_check(out: str | Path, seed: int = 0, transitions: int = 20_000
 
     settings = EvalSettings()
     results: dict[str, Any] = {}
-    for name, kw in (("greedy", {"plan": False}), ("plan", {"plan": True, "beam": 2, "horizon": 2})):
+    for name, kw in (("greedy", {"plan": False}), ("plan", {"plan": True, "beam": 2, "horizon": 2}),
+                     ("plan-expected", {"plan": True, "beam": 2, "horizon": 2, "reward_mode": "expected"})):
         t0 = stage("evaluate", f"{name}: {eval_episodes} episodes")
         path = out / f"JOWA-TINY-{name}.json"
         res = evaluate(out / "pretrain", out / "tokenizer", [GAME], episodes=eval_episodes, settings=settings,
@@ -113,7 +114,7 @@ def run_learning_check(out: str | Path, seed: int = 0, transitions: int = 20_000
         w = csv.writer(f)
         w.writerow(["method", "game", "score"])
         w.writerows(["data (random policy)", GAME, r] for r in data_returns)
-    report = build_report(load_results([baseline_csv, out / "JOWA-TINY-greedy.json", out / "JOWA-TINY-plan.json"]),
+    report = build_report(load_results([baseline_csv, *(out / f"JOWA-TINY-{n}.json" for n in results)]),
                           out / "report", published="none", reps=1000, seed=seed)
     info = _games.get(GAME)
     summary = {
@@ -129,7 +130,8 @@ def run_learning_check(out: str | Path, seed: int = 0, transitions: int = 20_000
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     reporter.log(f"{GAME}: random {summary['random']['mean']:.2f}, data {summary['data']['mean']:.2f}, "
-                 f"greedy {results['greedy']['mean']:.2f}, plan (K=2, H=2) {results['plan']['mean']:.2f} "
+                 f"greedy {results['greedy']['mean']:.2f}, plan (K=2, H=2) {results['plan']['mean']:.2f}, "
+                 f"with expected rewards {results['plan-expected']['mean']:.2f} "
                  f"(perfect {summary['perfect']:.0f}); {summary['total_s']:.0f}s")
     return summary
 
