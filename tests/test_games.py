@@ -170,7 +170,7 @@ def test_groups() -> None:
     for name, members in GROUPS.items():
         assert all(m in (BUILTIN_GAMES if name == "builtin" else GAMES) for m in members)
         assert len(set(members)) == len(members)
-        assert [GAMES[m].task_id for m in members] == sorted(GAMES[m].task_id for m in members)
+        assert [get(m).task_id for m in members] == sorted(get(m).task_id for m in members)
 
 
 def test_paper_games_have_scores_and_difficulty() -> None:
