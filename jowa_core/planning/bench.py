@@ -285,16 +285,7 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
 
 def append_markdown(path: Path, r: dict[str, Any]) -> None:
     """Append a dated section (device, torch, command, table) to the Markdown file ``path``."""
-    from jowa_core.data.bench import append_section
+    from jowa_core.data.bench import append_comparison
 
-    cuda = f", CUDA {r['cuda']}" if r["cuda"] else ""
-    lines = [
-        f"\n## Planning throughput — {r['date']} — {r['device']}, torch {r['torch']}{cuda}\n",
-        f"`{r['command']}`\n",
-        describe(r) + ".\n",
-        "| measure | ours (batched beam search) | baseline: node by node (same run) | ours ÷ baseline |",
-        "|---|---|---|---|",
-        *(f"| {' | '.join(cells)} |" for cells in table_rows(r)),
-        "",
-    ]
-    append_section(path, lines)
+    append_comparison(path, r, "Planning throughput", "ours (batched beam search)",
+                      "baseline: node by node (same run)", describe(r), table_rows(r))

@@ -495,16 +495,7 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
 
 def append_markdown(path: Path, r: dict[str, Any]) -> None:
     """Append a dated section (device, torch, command, table) to the Markdown file ``path``."""
-    cuda = f", CUDA {r['cuda']}" if r["cuda"] else ""
-    lines = [
-        f"\n## Training throughput — {r['date']} — {r['device']}, torch {r['torch']}{cuda}\n",
-        f"`{r['command']}`\n",
-        describe(r) + ".\n",
-        "| measure | ours | baseline: official-style (same run) | ours ÷ baseline |",
-        "|---|---|---|---|",
-        *(f"| {' | '.join(cells)} |" for cells in table_rows(r)),
-        "",
-    ]
-    from jowa_core.data.bench import append_section
+    from jowa_core.data.bench import append_comparison
 
-    append_section(path, lines)
+    append_comparison(path, r, "Training throughput", "ours", "baseline: official-style (same run)", describe(r),
+                      table_rows(r))
