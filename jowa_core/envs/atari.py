@@ -21,7 +21,7 @@ the caller to the stored reward only, never to reported episode returns.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ import numpy as np
 from ale_py import ALEInterface, LoggerMode, roms
 
 from jowa_core import games
+from jowa_core.config import from_dict
 
 __all__ = ["AtariEnv", "AtariSettings"]
 
@@ -63,12 +64,8 @@ class AtariSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AtariSettings:
-        """Inverse of ``to_dict``; unknown keys are an error (they would be silently ignored settings)."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown Atari settings: {sorted(unknown)}")
-        return cls(**d)
+        """Inverse of ``to_dict``; unknown keys and wrong types are an error (``jowa_core.config.from_dict``)."""
+        return from_dict(cls, d)
 
 
 class AtariEnv:

@@ -25,13 +25,14 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from jowa_core import games as _games
+from jowa_core.config import from_dict
 from jowa_core.envs import make_env
 from jowa_core.envs.atari import AtariSettings
 
@@ -90,11 +91,8 @@ class EvalSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalSettings:
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown evaluation settings: {sorted(unknown)}")
-        return cls(**d)
+        """Inverse of ``to_dict``; unknown keys and wrong types are an error (``jowa_core.config.from_dict``)."""
+        return from_dict(cls, d)
 
     def atari_settings(self) -> AtariSettings:
         """The same protocol as ``AtariEnv`` settings (minimal action set, cap in agent steps)."""
