@@ -92,7 +92,16 @@ def _unique(name: str, taken: set[str]) -> str:
     return out
 
 
-def _load_json(path: Path, taken: set[str]) -> MethodScores:
+def _json_name(stem: str, preset: str | None, plan: bool | None, taken: set[str]) -> str:
+    """A JSON method's name: its file stem, or ``JOWA-<PRESET>[ no-plan]`` for a generic or taken stem; unique."""
+    name = stem
+    if (name in taken or name in ("scores", "result", "results")) and preset and preset != "custom":
+        name = f"JOWA-{preset.upper()}" + ("" if plan is not False else " no-plan")
+    return _unique(name, taken)
+
+
+def _load_json(path: Path) -> MethodScores:
+    """One ``jowa evaluate`` JSON, named as if no other method were loaded (see ``_json_name``)."""
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -109,10 +118,7 @@ def _load_json(path: Path, taken: set[str]) -> MethodScores:
         if not raw:
             raise ValueError(f"{path}: game {game!r} has no raw_scores")
         scores[_games.get(game).name] = np.asarray(raw, dtype=np.float64)
-    name = path.stem
-    if (name in taken or name in ("scores", "result", "results")) and preset and preset != "custom":
-        name = f"JOWA-{preset.upper()}" + ("" if plan is not False else " no-plan")
-    return MethodScores(_unique(name, taken), scores, str(path), preset=preset, plan=plan)
+    return MethodScores(_json_name(path.stem, preset, plan, set()), scores, str(path), preset=preset, plan=plan)
 
 
 def _load_csv(path: Path, taken: set[str]) -> list[MethodScores]:
@@ -169,14 +175,14 @@ def load_results(paths: list[str] | list[Path]) -> list[MethodScores]:
         if p.suffix.lower() == ".csv":
             methods.extend(_load_csv(p, taken))
         else:
-            m = _load_json(p, set())
+            m = _load_json(p)
             same = next((x for x in methods if x.name == m.name and x.source.endswith(".json")), None)
             if same is not None and not set(same.scores) & set(m.scores) and (same.preset, same.plan) == (
                     m.preset, m.plan):  # one method evaluated game by game (e.g. one fine-tuned model per game)
                 same.scores.update(m.scores)
                 same.source += f", {m.source}"
                 continue
-            m = _load_json(p, taken)
+            m.name = _json_name(p.stem, m.preset, m.plan, taken)
             taken.add(m.name)
             methods.append(m)
     return methods
