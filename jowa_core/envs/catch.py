@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ACTION_SET", "BALLS", "FALL", "GRID", "RULES", "CatchEnv", "all_states", "random_policy_return", "render"]
+__all__ = ["ACTION_SET", "BALLS", "FALL", "GRID", "RULES", "RULES_MD5", "CatchEnv", "all_states",
+           "random_policy_return", "render"]
 
 GRID = 6  # cells per side
 CELL = 14  # pixels per cell: GRID * CELL = 84
@@ -34,7 +35,8 @@ ACTION_SET = (0, 3, 4)  # NOOP, RIGHT, LEFT as full ALE action indices
 _MOVES = np.array([0, 1, -1])  # paddle column change per minimal action
 BALL_VALUE, PADDLE_VALUE = 255, 128
 RULES = (f"jowa-catch-v2 grid={GRID} cell={CELL} balls={BALLS} actions={ACTION_SET} ball={BALL_VALUE} "
-         f"paddle={PADDLE_VALUE}")  # its md5 stands in for a ROM's
+         f"paddle={PADDLE_VALUE}")
+RULES_MD5 = hashlib.md5(RULES.encode()).hexdigest()  # stands in for a ROM's md5
 
 
 def render(ball_row: int, ball_col: int, paddle: int, size: int = GRID * CELL) -> np.ndarray:
@@ -85,7 +87,7 @@ class CatchEnv:
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
         self.action_set: tuple[int, ...] = ACTION_SET
-        self.rom_md5 = hashlib.md5(RULES.encode()).hexdigest()  # identifies the rules, as a ROM's md5 does
+        self.rom_md5 = RULES_MD5
         self.lives = 0
         self.game_over = self.truncated = self.terminal = False
         self.episode_steps = 0

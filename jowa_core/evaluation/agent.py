@@ -106,7 +106,7 @@ class Agent:
         if cap < 1:
             raise ValueError(f"horizon {horizon} leaves no room for context in {cfg.max_steps} steps")
         if history is None:
-            history = min(cap, default_history(cfg.max_steps, self.horizon))
+            history = default_history(cfg.max_steps, self.horizon)  # <= cap
         elif int(history) < 1:
             raise ValueError(f"history must be >= 1 step, got {history}")
         elif int(history) > cap:

@@ -107,9 +107,9 @@ def rom_md5(game: str) -> str:
 
     info = _games.get(game)
     if info.builtin:
-        from jowa_core.envs.catch import RULES
+        from jowa_core.envs.catch import RULES_MD5
 
-        return hashlib.md5(RULES.encode()).hexdigest()
+        return RULES_MD5
     path = roms.get_rom_path(info.rom)
     if path is None:
         raise FileNotFoundError(f"ALE ROM {info.rom!r} for {info.name} is not installed")

@@ -155,7 +155,9 @@ def inspect_state(model: WorldActionModel, tokenizer: Tokenizer, game: str | Non
     cap = max_history(model, K, H)
     if cap < 1:
         raise ValueError(f"horizon {H} leaves no room for a context in {model.cfg.max_steps} steps")
-    history = min(cap, default_history(model.cfg.max_steps, 0 if K <= 1 else H)) if history is None else int(history)
+    if history is None:
+        history = default_history(model.cfg.max_steps, 0 if K <= 1 or H <= 0 else H)  # <= cap
+    history = int(history)
     if not 1 <= history <= cap:
         raise ValueError(f"--history {history}: expected 1..{cap} (the context and {H} imagined steps must fit "
                          f"in the model's {model.cfg.max_steps} steps)")
