@@ -299,17 +299,12 @@ class _Cursor:
 
 
 @dataclass
-class _CheckpointConfig:
-    """What ``pretrain.save_checkpoint`` needs of a config: ``model`` (the architecture, for checkpoint.json) and
-    ``train.keep_checkpoints``; the whole (model + finetune) is its config.yaml."""
+class _RunConfig:
+    """A training checkpoint's config.yaml: the architecture, the fine-tuning config and the inputs."""
 
     model: WorldActionConfig
     finetune: FinetuneConfig
     inputs: dict[str, str]
-
-    @property
-    def train(self) -> FinetuneConfig:
-        return self.finetune
 
 
 class _Tokenizer(JointTokenizer):
@@ -416,7 +411,7 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
     _metrics_file(out / "metrics.csv", state["step"])
-    run_cfg = _CheckpointConfig(mcfg, cfg, inputs)
+    run_cfg = _RunConfig(mcfg, cfg, inputs)
     real_batches = _Cursor(loader, state["real"])
     syn_batches = _Cursor(syn_loader, state["synthetic"]) if syn_loader is not None else None
     task = reporter.task("finetune", total=total, unit="steps")
@@ -512,7 +507,7 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
             state.update(step=step, stage=stage, real=real_batches.position,
                          synthetic=syn_batches.position if syn_batches is not None else [0, 0], log_sums=sums,
                          log_n=n_sum, evals=evals, best=best, elapsed_s=time.perf_counter() - t0)
-            save_checkpoint(out, model, opt, state, run_cfg, ctx, joint_tok)
+            save_checkpoint(out, model, opt, state, run_cfg, ctx, joint_tok, keep=cfg.keep_checkpoints, gamma=cfg.gamma)
     if step < total:
         reporter.log(f"stopped at step {step} of {total}: continue with --resume")
         return {"out": str(out), "step": step, "finished": False, "param_fingerprint": param_fingerprint(model)}

@@ -178,9 +178,12 @@ def _set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
 
 
 def save_checkpoint(out: Path, model: WorldActionModel, opt: torch.optim.Optimizer, state: dict[str, Any],
-                    cfg: PretrainConfig, ctx: jdist.DistContext, joint_tok: JointTokenizer | None = None) -> Path:
+                    cfg: Any, ctx: jdist.DistContext, joint_tok: JointTokenizer | None = None, *, keep: int,
+                    gamma: float) -> Path:
     """``out/checkpoints/step_XXXXXXXX``, complete or absent: every rank writes its RNG state into a hidden
-    directory, rank 0 adds the rest and renames it."""
+    directory, rank 0 adds the rest and renames it; the newest ``keep`` checkpoints are kept. ``cfg`` is the run's
+    config (a dataclass with the architecture in ``cfg.model``), saved as its config.yaml; ``gamma`` goes into the
+    model metadata (the planner's discount)."""
     name = f"step_{state['step']:08d}"
     root = out / "checkpoints"
     tmp, final = root / f".{name}.partial", root / name
@@ -192,8 +195,7 @@ def save_checkpoint(out: Path, model: WorldActionModel, opt: torch.optim.Optimiz
     jdist.barrier(ctx)
     if ctx.is_main:
         ckpt.write_model_files(tmp, "world_action", to_dict(cfg.model), model.state_dict(),
-                               step=state["step"], stage=state["stage"], games=state.get("games"),
-                               gamma=cfg.train.gamma)
+                               step=state["step"], stage=state["stage"], games=state.get("games"), gamma=gamma)
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         ckpt.write_json_atomic(tmp / "state.json", {**state, "world_size": ctx.world_size})
         save_yaml(cfg, tmp / "config.yaml")
@@ -202,7 +204,7 @@ def save_checkpoint(out: Path, model: WorldActionModel, opt: torch.optim.Optimiz
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        ckpt.mark_latest(out, name, keep=cfg.train.keep_checkpoints)
+        ckpt.mark_latest(out, name, keep=keep)
     jdist.barrier(ctx)
     return final
 
@@ -486,7 +488,8 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
                     reporter.log(_format_row(row))
                 sums, n_sum, t_last = {}, 0, time.perf_counter()
             if step % tcfg.save_every == 0 or step == stop_at:
-                save_checkpoint(out, model, opt, state, cfg, ctx, joint_tok)
+                save_checkpoint(out, model, opt, state, cfg, ctx, joint_tok, keep=cfg.train.keep_checkpoints,
+                                gamma=cfg.train.gamma)
             if step >= stop_at:
                 break
         else:
