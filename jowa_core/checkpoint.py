@@ -118,6 +118,18 @@ def save_model(path: str | Path, kind: str, config: dict[str, Any], tensors: dic
     return Path(path)
 
 
+def check_tokens_tokenizer(meta: dict[str, Any], tokenizer_sha256: str, model_path: Any, tokenizer_path: Any) -> None:
+    """A world-action model reads the tokens it was trained on: refuse a tokenizer other than the one that made
+    them (``tokens_tokenizer_sha256`` in the model's metadata, written by pretraining on tokens; absent in
+    imported or older checkpoints, which are not checked)."""
+    want = meta.get("tokens_tokenizer_sha256")
+    if want and want != tokenizer_sha256:
+        raise CheckpointError(
+            f"{model_path} was trained on tokens made by another tokenizer (sha256 {want[:12]}...) than "
+            f"{tokenizer_path} (sha256 {tokenizer_sha256[:12]}...): its observations would be read as the wrong "
+            f"codes. Use the tokenizer that tokenized its training data (the one given to jowa tokenize)")
+
+
 def resolve(path: str | Path, kind: str | None = None) -> Path:
     """A checkpoint directory from a checkpoint directory or a run directory (its latest checkpoint)."""
     path = Path(path)

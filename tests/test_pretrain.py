@@ -116,6 +116,43 @@ def test_resume_is_bit_for_bit(data, tmp_path):
     assert other["param_fingerprint"] != full["param_fingerprint"]
 
 
+def test_the_model_records_which_tokenizer_made_its_tokens(data, tmp_path):
+    """``jowa tokenize`` stamps the tokens with the tokenizer's sha256; pretraining writes it into every checkpoint
+    (evaluation then refuses another tokenizer), refuses stores tokenized by different tokenizers, and refuses to
+    resume on re-tokenized data."""
+    import shutil
+
+    import zarr
+
+    from jowa_core.data.store import StoreError
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+
+    def stamp(game: str, sha: str) -> None:
+        zarr.open_group(str(copy / f"{game}.zarr"), mode="r+", zarr_format=3)["obs_tokens"].attrs[
+            "tokenizer_sha256"] = sha
+
+    for g in GAMES:
+        stamp(g, "a" * 64)
+    cfg = config(copy, stage1_steps=2, stage2_steps=2, save_every=2)
+    pretrain(cfg, tmp_path / "run")
+    for d in (tmp_path / "run" / "final", ckpt.latest_checkpoint(tmp_path / "run")):
+        assert ckpt.read_json(d / ckpt.META)["tokens_tokenizer_sha256"] == "a" * 64
+    meta = ckpt.read_json(tmp_path / "run" / "final" / ckpt.META)
+    ckpt.check_tokens_tokenizer(meta, "a" * 64, "m", "t")
+    ckpt.check_tokens_tokenizer({}, "b" * 64, "m", "t")  # imported / older models: not checked
+    with pytest.raises(ckpt.CheckpointError, match="another tokenizer"):
+        ckpt.check_tokens_tokenizer(meta, "b" * 64, "m", "t")
+    stamp(GAMES[0], "c" * 64)
+    with pytest.raises(StoreError, match="different tokenizers"):
+        pretrain(cfg, tmp_path / "run2")
+    stamp(GAMES[1], "c" * 64)
+    longer = config(copy, stage1_steps=2, stage2_steps=4, save_every=2)
+    with pytest.raises(ValueError, match="Resume on the data it started with"):
+        pretrain(longer, tmp_path / "run", resume=True)
+
+
 def test_fresh_run_into_a_used_directory_is_refused(data, tmp_path):
     pretrain(config(data, stop_after=2), tmp_path / "run")
     with pytest.raises(ValueError, match="not empty"):

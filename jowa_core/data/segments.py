@@ -289,6 +289,22 @@ def _as_store(s: GameStore | str | os.PathLike) -> GameStore:
     return s if isinstance(s, GameStore) else open_store(s)
 
 
+def tokens_tokenizer(stores: Sequence[GameStore]) -> str | None:
+    """sha256 of the tokenizer whose ``obs_tokens`` the stores hold (``jowa tokenize`` records it); None when no
+    store records one. Stores tokenized by different tokenizers cannot train one model: that is an error."""
+    shas: dict[str, str] = {}
+    for st in stores:
+        group = zarr.open_group(str(st.path), mode="r", zarr_format=3)
+        sha = group["obs_tokens"].attrs.get("tokenizer_sha256") if "obs_tokens" in group else None
+        if sha:
+            shas.setdefault(str(sha), str(st.path))
+    if len(shas) > 1:
+        listed = "; ".join(f"{p} (sha256 {s[:12]}...)" for s, p in shas.items())
+        raise StoreError(f"the stores were tokenized by different tokenizers: {listed}. Re-tokenize them with one "
+                         f"tokenizer (jowa tokenize --overwrite)")
+    return next(iter(shas), None)
+
+
 def load_obs_tokens(store: GameStore) -> np.ndarray:
     """The store's ``obs_tokens`` (N, 36) int16, fully in memory."""
     group = zarr.open_group(str(store.path), mode="r", zarr_format=3)
@@ -338,6 +354,7 @@ class SegmentDataset(Dataset):
         self.reward = np.concatenate([st.reward for st in stores]) if stores else np.zeros(0, np.float32)
         self.terminal = np.concatenate([st.terminal for st in stores]) if stores else np.zeros(0, bool)
         self.tokens = np.concatenate([load_obs_tokens(st) for st in stores]) if observations == "tokens" else None
+        self.tokens_tokenizer = tokens_tokenizer(stores) if observations == "tokens" else None  # sha256 or None
         self.task_id = np.array([int(st.attrs["task_id"]) for st in stores], np.int64)
         self.action_mask = np.zeros((len(stores), NUM_FULL_ACTIONS), bool)
         for s, st in enumerate(stores):

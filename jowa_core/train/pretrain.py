@@ -179,11 +179,12 @@ def _set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
 
 def save_checkpoint(out: Path, model: WorldActionModel, opt: torch.optim.Optimizer, state: dict[str, Any],
                     cfg: Any, ctx: jdist.DistContext, joint_tok: JointTokenizer | None = None, *, keep: int,
-                    gamma: float) -> Path:
+                    gamma: float, tokens_tokenizer: str | None = None) -> Path:
     """``out/checkpoints/step_XXXXXXXX``, complete or absent: every rank writes its RNG state into a hidden
     directory, rank 0 adds the rest and renames it; the newest ``keep`` checkpoints are kept. ``cfg`` is the run's
-    config (a dataclass with the architecture in ``cfg.model``), saved as its config.yaml; ``gamma`` goes into the
-    model metadata (the planner's discount)."""
+    config (a dataclass with the architecture in ``cfg.model``), saved as its config.yaml; ``gamma`` (the planner's
+    discount) and ``tokens_tokenizer`` (sha256 of the tokenizer that made the training tokens, checked when the
+    model is evaluated) go into the model metadata."""
     name = f"step_{state['step']:08d}"
     root = out / "checkpoints"
     tmp, final = root / f".{name}.partial", root / name
@@ -195,7 +196,8 @@ def save_checkpoint(out: Path, model: WorldActionModel, opt: torch.optim.Optimiz
     jdist.barrier(ctx)
     if ctx.is_main:
         ckpt.write_model_files(tmp, "world_action", to_dict(cfg.model), model.state_dict(),
-                               step=state["step"], stage=state["stage"], games=state.get("games"), gamma=gamma)
+                               step=state["step"], stage=state["stage"], games=state.get("games"), gamma=gamma,
+                               tokens_tokenizer_sha256=tokens_tokenizer)
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         ckpt.write_json_atomic(tmp / "state.json", {**state, "world_size": ctx.world_size})
         save_yaml(cfg, tmp / "config.yaml")
@@ -414,6 +416,10 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
     state: dict[str, Any] = {"step": 0, "stage": 1, "epoch": 0, "batch_in_epoch": 0, "games": dataset.games}
     if resume_from is not None:
         state.update(load_checkpoint(resume_from, model, opt, ctx))
+        was = ckpt.read_json(resume_from / ckpt.META).get("tokens_tokenizer_sha256")
+        if was and was != dataset.tokens_tokenizer:
+            raise ValueError(f"{resume_from} trained on tokens of the tokenizer with sha256 {was[:12]}...; the data "
+                             f"now holds tokens of another one. Resume on the data it started with")
         if joint_tok is not None:
             joint_tok.load(resume_from)
         reporter.log(f"resuming from {resume_from} at step {state['step']}")
@@ -489,7 +495,7 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
                 sums, n_sum, t_last = {}, 0, time.perf_counter()
             if step % tcfg.save_every == 0 or step == stop_at:
                 save_checkpoint(out, model, opt, state, cfg, ctx, joint_tok, keep=cfg.train.keep_checkpoints,
-                                gamma=cfg.train.gamma)
+                                gamma=cfg.train.gamma, tokens_tokenizer=dataset.tokens_tokenizer)
             if step >= stop_at:
                 break
         else:
@@ -500,7 +506,8 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
         final = out / "final"
         with ckpt.atomic_dir(final) as tmp:
             ckpt.write_model_files(tmp, "world_action", to_dict(cfg.model), model.state_dict(), step=step,
-                                   stage=state["stage"], games=dataset.games, gamma=cfg.train.gamma)
+                                   stage=state["stage"], games=dataset.games, gamma=cfg.train.gamma,
+                                   tokens_tokenizer_sha256=dataset.tokens_tokenizer)
         if joint_tok is not None:
             from jowa_core.models.tokenizer import save_tokenizer
 
