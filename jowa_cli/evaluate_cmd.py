@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from jowa_cli.common import UserError, emit_json, handle_errors
+from jowa_core.planning import DEFAULT_REWARD_MODE
 from jowa_core.progress import make_reporter
 
 
@@ -40,8 +41,9 @@ def evaluate(
         float | None, typer.Option(help="Planner discount; default: the checkpoint's training gamma, else 0.99.")
     ] = None,
     imagined_reward: Annotated[
-        str, typer.Option(help="Imagined rewards: mode (the official planner) or expected (p(+1) - p(-1)).")
-    ] = "mode",
+        str, typer.Option(help="Imagined rewards: expected (p(+1) - p(-1), the paper's expectation) or mode "
+                                "(argmax, the official planner).")
+    ] = DEFAULT_REWARD_MODE,
     history: Annotated[
         int, typer.Option(help="Context steps 1..8 (capped at 8 - horizon when planning); 0 = the most that fits.")
     ] = 0,

@@ -25,9 +25,11 @@ def learning_check(
     """Show that it learns: Catch from random-policy data, evaluated greedy and with planning (CPU, minutes).
 
     Collects random-policy data of the built-in Catch game, trains a small tokenizer, pretrains the tiny preset
-    (both stages), evaluates greedy on Q̂ and with beam search (K=2, H=2) on fresh episodes and reports both next
-    to the random policy (exact) and the data's own return. Writes <out>/summary.json and <out>/report.
-    Re-running continues where it stopped. docs/results.md has the numbers over several seeds.
+    (both stages), evaluates greedy on Q̂ and with beam search (K=2, H=2; imagined rewards read as their
+    expectation, and as their mode like the official planner) on fresh episodes and reports them next to the
+    random policy (exact) and the data's own return, with each planner's difference from greedy. Writes
+    <out>/summary.json and <out>/report. Re-running continues where it stopped. docs/results.md has the numbers
+    over several seeds.
     """
     from rich.console import Console
     from rich.table import Table
@@ -45,13 +47,14 @@ def learning_check(
         reporter.close()
     if not quiet:
         table = Table(title=f"jowa learning-check: {s['game']}, seed {s['seed']} (perfect play: {s['perfect']:.0f})")
-        for col in ("policy", "mean return", "95% CI", "episodes"):
+        for col in ("policy", "mean return", "95% CI", "episodes", "vs greedy (± s.e.)"):
             table.add_column(col)
-        table.add_row("random (exact)", f"{s['random']['mean']:.2f}", "", "")
+        table.add_row("random (exact)", f"{s['random']['mean']:.2f}", "", "", "")
         for name, label in (("data", "data (random policy)"), ("greedy", "JOWA-tiny greedy on Q̂"),
                             ("plan", "JOWA-tiny beam search K=2 H=2"),
-                            ("plan-expected", "  ... with expected imagined rewards")):
-            r = s[name]
-            table.add_row(label, f"{r['mean']:.2f}", f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]", str(r["episodes"]))
+                            ("plan-mode", "  ... imagined rewards read as their mode (official)")):
+            r, v = s[name], s["versus_greedy"].get(name)
+            table.add_row(label, f"{r['mean']:.2f}", f"[{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]", str(r["episodes"]),
+                          f"{v['difference']:+.2f} ± {v['se']:.2f}" if v else "")
         Console().print(table)
     emit_json(s, json_out or None)

@@ -8,6 +8,7 @@ import typer
 
 from jowa_cli.common import emit_json, handle_errors
 from jowa_core.games import PLANNING_HORIZON
+from jowa_core.planning import DEFAULT_REWARD_MODE
 
 
 @handle_errors
@@ -27,6 +28,10 @@ def plan(
     beam: Annotated[str, typer.Option(help="Beam width K, or auto (the game's width, paper Table 16).")] = "auto",
     horizon: Annotated[int, typer.Option(help="Planning horizon H (imagined steps).")] = PLANNING_HORIZON,
     gamma: Annotated[float, typer.Option(help="Discount of imagined rewards and of Q̂ at the leaves.")] = 0.99,
+    imagined_reward: Annotated[
+        str, typer.Option(help="Imagined rewards: expected (p(+1) - p(-1), the paper's expectation) or mode "
+                                "(argmax, the official planner).")
+    ] = DEFAULT_REWARD_MODE,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
     png: Annotated[
         str, typer.Option(help="PNG strip of the kept beams' imagined frames (default plan_<game>_<index>.png).")
@@ -45,9 +50,10 @@ def plan(
     """
     from rich.console import Console
 
+    from jowa_core.checkpoint import check_tokens_tokenizer, sha256_file
     from jowa_core.data.store import open_store
     from jowa_core.devices import pick_device
-    from jowa_core.models.tokenizer import load_tokenizer
+    from jowa_core.models.tokenizer import load_tokenizer, weights_file
     from jowa_core.models.world_action import load_world_action
     from jowa_core.planning.inspect import inspect_state, render_strip
 
@@ -57,10 +63,12 @@ def plan(
         raise ValueError("give --store and --index, or --game for a live game")
     dev = pick_device(device)
     gs = open_store(store) if store else None
-    model, _ = load_world_action(ckpt, dev)
+    model, meta = load_world_action(ckpt, dev)
     tok = load_tokenizer(tokenizer, dev)
+    check_tokens_tokenizer(meta, sha256_file(weights_file(tokenizer)), ckpt, tokenizer)
     result = inspect_state(model, tok, game=game or None, store=gs, index=index, live_seed=seed, history=history,
-                           beam=beam, horizon=horizon, gamma=gamma, live_steps=live_steps)
+                           beam=beam, horizon=horizon, gamma=gamma, live_steps=live_steps,
+                           reward_mode=imagined_reward)
     console = Console()
     console.print(rich_tree(result))
     if not no_png and result["tree"]:
@@ -82,7 +90,7 @@ def rich_tree(result: dict):
     q = "  ".join(f"{a} {v:.3f}" for a, v in result["root"]["q"].items())
     chosen = result["chosen"]
     root = Tree(f"[bold]{result['game']}[/] — {where}; {result['history']} steps of context, K={result['beam']}, "
-                f"H={result['horizon']}, γ={result['gamma']:g}\nroot Q̂: {q}\n"
+                f"H={result['horizon']}, γ={result['gamma']:g}, r̂ {result['reward_mode']}\nroot Q̂: {q}\n"
                 f"chosen: [bold green]{chosen['action']}[/] (score {chosen['score']:.3f})")
     if "real" in result:
         r = result["real"]
@@ -93,7 +101,7 @@ def rich_tree(result: dict):
         for n in depth:
             if not n["valid"]:
                 continue
-            label = (f"{n['action']}  r̂ {n['reward']:+d}  max Q̂ {n['q_max']:.3f}  score {n['score']:.3f}"
+            label = (f"{n['action']}  r̂ {n['reward']:+.3f}  max Q̂ {n['q_max']:.3f}  score {n['score']:.3f}"
                      + ("  (kept)" if n["kept"] else ""))
             style = "bold green" if n["best"] else "bold" if n["kept"] else "dim"
             parent = branches.get(n["parent"])

@@ -385,6 +385,27 @@ def test_cli_missing_checkpoint_exits_2(tmp_path, ckpts):
     assert r.exit_code == 2 and "--beam" in r.output
 
 
+def test_a_model_refuses_a_tokenizer_other_than_its_tokens(tmp_path, ckpts):
+    """A model trained on tokens of one tokenizer is not evaluated with another (exit 2, nothing written)."""
+    import shutil
+
+    model, tok = ckpts
+    trained = tmp_path / "model"
+    shutil.copytree(model, trained)
+    meta = json.loads((trained / "checkpoint.json").read_text())
+    (trained / "checkpoint.json").write_text(json.dumps({**meta, "tokens_tokenizer_sha256": "0" * 64}))
+    out = tmp_path / "s.json"
+    r = CliRunner().invoke(cli(), ["evaluate", "--ckpt", str(trained), "--tokenizer", str(tok), "--games", "Pong",
+                                   "--episodes", "1", "--out", str(out), "--device", "cpu"])
+    assert r.exit_code == 2, r.output
+    assert "another tokenizer" in r.output and not out.exists()
+    (trained / "checkpoint.json").write_text(json.dumps({**meta, "tokens_tokenizer_sha256": sha256(
+        tok / "model.safetensors")}))
+    res = evaluate(trained, tok, "Pong", episodes=1, settings=EvalSettings(max_frames=8), plan=False, device="cpu",
+                   backend="loop")
+    assert res["games"]["Pong"]["episodes"][0]["length"] == 2
+
+
 def test_cli_greedy_run_prints_a_table_and_writes_json(tmp_path, ckpts):
     out = tmp_path / "s.json"
     r = CliRunner().invoke(cli(), ["evaluate", "--ckpt", str(ckpts[0]), "--tokenizer", str(ckpts[1]),

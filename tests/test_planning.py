@@ -9,6 +9,7 @@ import torch
 
 from jowa_core.config import from_dict
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel
+from jowa_core.planning import DEFAULT_REWARD_MODE
 from jowa_core.planning.beam import imagine_step, plan
 
 GAMMA = 0.99
@@ -37,11 +38,12 @@ def contexts(n: int, steps: int, vocab: int = 16, seed: int = 1) -> torch.Tensor
     return tok[:, :-1]  # the current observation has no action yet
 
 
-def naive_step(m: WorldActionModel, tokens: torch.Tensor, task: torch.Tensor, action: int, reward_mode="mode"):
+def naive_step(m: WorldActionModel, tokens: torch.Tensor, task: torch.Tensor, action: int,
+               reward_mode=DEFAULT_REWARD_MODE):
     """One imagined step by full forwards (no cache): reward, obs tokens, Q̂ (A,) of one context."""
     seq = torch.cat([tokens, torch.tensor([action])])
     out = m(seq[None], task[None])
-    p = out.reward_logits[0, -1].softmax(-1)
+    p = out.reward_logits[0, -1].detach().softmax(-1)
     reward = int(out.reward_logits[0, -1].argmax()) - 1 if reward_mode == "mode" else float(p[2] - p[0])
     obs = []
     for _ in range(36):
@@ -52,7 +54,7 @@ def naive_step(m: WorldActionModel, tokens: torch.Tensor, task: torch.Tensor, ac
     return reward, seq, q
 
 
-def exhaustive(m, tokens, task, mask, horizon, reward_mode="mode"):
+def exhaustive(m, tokens, task, mask, horizon, reward_mode=DEFAULT_REWARD_MODE):
     """argmax over all valid action sequences of sum gamma^(i-1) r_i + gamma^H max_a Q̂(s_H, a)."""
     valid = mask.nonzero()[:, 0].tolist()
     best = (-float("inf"), None)
@@ -67,8 +69,8 @@ def exhaustive(m, tokens, task, mask, horizon, reward_mode="mode"):
     return best
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_imagine_step_with_cache_equals_full_forwards(seed):
+@pytest.mark.parametrize("seed,reward_mode", [(0, "expected"), (1, "mode")])
+def test_imagine_step_with_cache_equals_full_forwards(seed, reward_mode):
     m = model(seed)
     tokens = contexts(3, 2, seed=seed)
     task = torch.tensor([3, 6, 9])
@@ -76,10 +78,10 @@ def test_imagine_step_with_cache_equals_full_forwards(seed):
     cache = m.new_cache(3)
     m(tokens, task, cache=cache, heads=())
     actions = torch.tensor([0, 5, 17])
-    reward, obs, q = imagine_step(m, cache, actions, task, mask)
+    reward, obs, q = imagine_step(m, cache, actions, task, mask, reward_mode)
     for i in range(3):
-        r, seq, qn = naive_step(m, tokens[i], task[i], int(actions[i]))
-        assert int(reward[i]) == r
+        r, seq, qn = naive_step(m, tokens[i], task[i], int(actions[i]), reward_mode)
+        assert float(reward[i]) == pytest.approx(r, abs=1e-5)
         assert obs[i].tolist() == seq[-36:].tolist()
         assert torch.allclose(q[i], qn, atol=1e-5)
 
@@ -144,16 +146,18 @@ def test_context_too_long_for_the_horizon_is_an_error():
         plan(m, tokens[:, :-1], task, mask)
 
 
-def test_expected_imagined_rewards_equal_exhaustive_enumeration():
-    """reward_mode='expected' scores imagined rewards as p(+1) - p(-1): the same oracle with that reward."""
+def test_official_mode_rewards_equal_exhaustive_enumeration():
+    """The default reads imagined rewards as p(+1) - p(-1) (the paper's expectation); reward_mode='mode' reads
+    the official planner's argmax - 1: the same oracle with that reward, and a different search."""
+    assert DEFAULT_REWARD_MODE == "expected"
     m = model(4)
     tokens = contexts(3, 6, seed=5)
     task = torch.tensor([2, 8, 59])
     mask = torch.zeros(3, 18, dtype=torch.bool)
     mask[:, [0, 3, 4]] = True
-    res = plan(m, tokens, task, mask, beam=3, horizon=2, gamma=GAMMA, reward_mode="expected")
+    res = plan(m, tokens, task, mask, beam=3, horizon=2, gamma=GAMMA, reward_mode="mode")
     for i in range(3):
-        score, first = exhaustive(m, tokens[i], task[i], mask[i], 2, reward_mode="expected")
+        score, first = exhaustive(m, tokens[i], task[i], mask[i], 2, reward_mode="mode")
         assert int(res.action[i]) == first
         assert res.score[i].item() == pytest.approx(score, abs=1e-4)
     assert not torch.equal(res.score, plan(m, tokens, task, mask, beam=3, horizon=2, gamma=GAMMA).score)

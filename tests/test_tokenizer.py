@@ -316,6 +316,31 @@ def test_compute_loss_with_perceptual_term(lpips_state):
     assert tok.encoder.conv_in.weight.grad.abs().sum() > 0
 
 
+def test_encoder_without_mid_block_sees_a_neighbourhood(tmp_path):
+    """encoder_mid=False (and no ResNet blocks) drops the encoder's middle attention: a token's latent then
+    depends on its cell's 3x3 neighbourhood, and far cells move only through GroupNorm's shared statistics."""
+    torch.manual_seed(3)
+    cfg = tiny_cfg(num_res_blocks=0, attn_resolutions=[], encoder_mid=False)
+    tok = Tokenizer(cfg).eval()
+    assert isinstance(tok.encoder.mid, torch.nn.Identity)
+    assert not any(k.startswith("encoder.mid.") for k in tok.state_dict())
+    assert any(k.startswith("decoder.mid.") for k in tok.state_dict())
+    blank = torch.zeros(1, 84, 84, dtype=torch.uint8)
+    ball = blank.clone()
+    ball[0, :14, :14] = 255  # the top-left cell lights up
+    with torch.no_grad():
+        moved = {}
+        for name, t in (("local", tok), ("default", Tokenizer(tiny_cfg()).eval())):
+            z0, z1 = (t.encode_latents(t.preprocess(f)) for f in (blank, ball))
+            moved[name] = (z1 - z0).abs().sum(1)[0]  # (6, 6)
+    far = moved["local"][2:, 2:].max() / moved["local"][0, 0]
+    assert far < 0.25, moved["local"]
+    assert moved["default"][2:, 2:].max() / moved["default"][0, 0] > far  # the attentive encoder mixes more
+    save_tokenizer(tok, tmp_path / "ck")
+    back = load_tokenizer(tmp_path / "ck")
+    assert back.config == cfg and torch.equal(back.encode(ball), tok.encode(ball))
+
+
 def test_save_load_and_official_state_dict(tmp_path):
     torch.manual_seed(6)
     tok = Tokenizer(tiny_cfg())

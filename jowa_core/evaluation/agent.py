@@ -25,7 +25,8 @@ from torch import Tensor
 from jowa_core import games as _games
 from jowa_core.models.tokenizer import Tokenizer
 from jowa_core.models.world_action import WorldActionModel, segment_tokens
-from jowa_core.planning.beam import REWARD_MODES, default_history
+from jowa_core.planning import DEFAULT_REWARD_MODE, REWARD_MODES
+from jowa_core.planning.beam import default_history
 
 __all__ = ["Agent", "AgentStats"]
 
@@ -58,15 +59,15 @@ class Agent:
     (docs/evaluation.md). A request up to ``max_steps - horizon`` is honoured; a larger one is capped with a
     warning (recorded in ``notes``). ``seeds`` (N,) seed each environment's epsilon stream. ``max_batch`` caps
     the environments per planner call (planning memory grows with batch x beam^2). ``planner`` replaces
-    ``jowa_core.planning.beam.plan`` (tests). ``reward_mode`` reads imagined rewards as the mode (official) or
-    the expectation (``jowa_core.planning.beam.imagine_step``).
+    ``jowa_core.planning.beam.plan`` (tests). ``reward_mode`` reads imagined rewards as their expectation
+    (default) or the mode (official; ``jowa_core.planning.beam.imagine_step``).
     """
 
     def __init__(self, model: WorldActionModel, tokenizer: Tokenizer, games: Sequence[str], *,
                  plan: bool = True, beam: int | str = "auto", horizon: int = _games.PLANNING_HORIZON,
                  history: int | None = None, epsilon: float = 0.001, gamma: float = 0.99,
                  seeds: Sequence[int] | np.ndarray | None = None, max_batch: int = 64,
-                 planner: Planner | None = None, reward_mode: str = "mode"):
+                 planner: Planner | None = None, reward_mode: str = DEFAULT_REWARD_MODE):
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
         infos = [_games.get(g) for g in games]

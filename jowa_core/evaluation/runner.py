@@ -26,6 +26,7 @@ from jowa_core import games as _games
 from jowa_core.checkpoint import sha256_file
 from jowa_core.evaluation.agent import Agent
 from jowa_core.evaluation.envs import EvalSettings, VecAtari, rom_md5
+from jowa_core.planning import DEFAULT_REWARD_MODE
 from jowa_core.progress import NullReporter, Reporter
 
 __all__ = ["FORMAT", "evaluate", "sha256_file", "summarize"]
@@ -149,7 +150,7 @@ def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Se
              backend: str = "auto", max_batch: int = 64, dtype: str = "float32",
              planner: str = "beam", video_dir: str | Path | None = None,
              video_episodes: Sequence[int] = (0,), gamma: float | None = None,
-             reward_mode: str = "mode") -> dict[str, Any]:
+             reward_mode: str = DEFAULT_REWARD_MODE) -> dict[str, Any]:
     """Evaluate a world-action checkpoint (a checkpoint or run directory) with a tokenizer on ``games`` (names or
     groups, see ``games.resolve``), ``episodes`` per game; returns (and writes to ``out_json``) the result dict.
 
@@ -158,7 +159,8 @@ def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Se
     ``planner``: "beam" (batched beam search) or "mcts" (MCTS with K^2 (H-1) + K simulations, for comparison).
     ``video_dir``: write an MP4 of the agent's observations for episodes ``video_episodes`` of every game.
     ``gamma``: the planner's discount; None = the one the checkpoint was trained with (``gamma`` in its metadata),
-    else the paper's 0.99. ``reward_mode``: imagined rewards as the mode ("mode", official) or "expected".
+    else the paper's 0.99. ``reward_mode``: imagined rewards as their expectation ("expected", default) or the
+    mode ("mode", official).
     """
     from jowa_core.models.tokenizer import load_tokenizer, weights_file
     from jowa_core.models.world_action import load_world_action
@@ -182,6 +184,7 @@ def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Se
         model, meta = load_world_action(str(model_dir), ctx.device)
         model = model.to(_DTYPES[dtype])
         tokenizer = load_tokenizer(tokenizer_path, ctx.device)
+        ckpt.check_tokens_tokenizer(meta, sha256_file(weights_file(tokenizer_path)), model_dir, tokenizer_path)
         items = [{"game": g, "episode": e, "seed": int(seed) + e} for g in names for e in range(int(episodes))]
         mine = items[ctx.rank::ctx.world_size]
         gamma = float(meta.get("gamma", 0.99)) if gamma is None else float(gamma)

@@ -58,6 +58,10 @@ class TokenizerConfig:
     downsample_factors: tuple[int, ...] = (7, 2)  # encoder, level 0 first: 84 -> 12 -> 6
     upsample_factors: tuple[int, ...] = (7, 2)  # decoder, lowest resolution first: 6 -> 42 -> 84
     decoder_up_attention: bool = False  # official: False (the `curr_res = 4` quirk)
+    # False: no middle block (ResNet + attention + ResNet) in the encoder, whose attention mixes the whole frame
+    # into every token; with num_res_blocks=0 each token then sees only its own cell and its 8 neighbours
+    # (not in the paper; the official tokenizer has it: True).
+    encoder_mid: bool = True
     commitment_beta: float = 1.0
 
     def __post_init__(self) -> None:
@@ -212,7 +216,7 @@ class Encoder(nn.Module):
                 level.downsample = Downsample(block_in, cfg.downsample_factors[i])
                 res //= cfg.downsample_factors[i]
             self.down.append(level)
-        self.mid = _Mid(block_in, cfg.dropout, g)
+        self.mid = _Mid(block_in, cfg.dropout, g) if cfg.encoder_mid else nn.Identity()
         self.norm_out = _norm(block_in, g)
         self.conv_out = nn.Conv2d(block_in, cfg.z_channels, 3, 1, 1)
 

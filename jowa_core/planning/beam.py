@@ -24,6 +24,7 @@ from torch import Tensor
 
 from jowa_core.models.transformer import KVCache
 from jowa_core.models.world_action import WorldActionModel
+from jowa_core.planning import DEFAULT_REWARD_MODE, REWARD_MODES
 
 NEG_INF = float("-inf")
 
@@ -48,13 +49,13 @@ def masked_q(model: WorldActionModel, q_logits: Tensor, action_mask: Tensor) -> 
 
 @torch.no_grad()
 def imagine_step(model: WorldActionModel, cache: KVCache, actions: Tensor, tasks: Tensor,
-                 action_mask: Tensor, reward_mode: str = "mode") -> tuple[Tensor, Tensor, Tensor]:
+                 action_mask: Tensor, reward_mode: str = DEFAULT_REWARD_MODE) -> tuple[Tensor, Tensor, Tensor]:
     """One imagined environment step for every row of ``cache`` (which must end at an observation): feed the
     action, decode the 36 next observation tokens greedily, read Q̂ at the last one.
 
     Returns reward (R,), obs tokens (R, 36), masked Q̂ (R, A); appends 37 tokens to ``cache``. ``reward_mode``
-    "mode": the most likely class - 1, in {-1, 0, 1} (the official planner); "expected": p(+1) - p(-1), which
-    still sees a likely-but-not-certain reward that the mode rounds away (docs/planning.md).
+    "expected" (default): p(+1) - p(-1), the paper's expectation, which still sees a likely-but-not-certain
+    reward; "mode": the most likely class - 1, in {-1, 0, 1} (the official planner), which rounds it away.
     """
     K = model.cfg.tokens_per_obs
     out = model(actions[:, None], tasks, cache=cache, heads=("obs", "reward"))  # the action token
@@ -68,10 +69,7 @@ def imagine_step(model: WorldActionModel, cache: KVCache, actions: Tensor, tasks
     return reward, torch.stack(tokens, 1), masked_q(model, out.q_logits, action_mask)
 
 
-REWARD_MODES = ("mode", "expected")
-
-
-def imagined_reward(logits: Tensor, reward_mode: str = "mode") -> Tensor:
+def imagined_reward(logits: Tensor, reward_mode: str = DEFAULT_REWARD_MODE) -> Tensor:
     """(R, 3) reward logits over {-1, 0, +1} -> (R,) imagined rewards (see ``imagine_step``)."""
     if reward_mode == "mode":
         return logits.float().argmax(-1) - 1
@@ -90,7 +88,8 @@ def default_history(max_steps: int, horizon: int) -> int:
 
 @torch.no_grad()
 def plan(model: WorldActionModel, tokens: Tensor, tasks: Tensor, action_mask: Tensor, beam: int = 2,
-         horizon: int = 2, gamma: float = 0.99, record: bool = False, reward_mode: str = "mode") -> PlanResult:
+         horizon: int = 2, gamma: float = 0.99, record: bool = False,
+         reward_mode: str = DEFAULT_REWARD_MODE) -> PlanResult:
     """Choose actions for N contexts at once.
 
     tokens (N, T) int64 with T = 37*g + 36 (g past steps, then the current observation), the same T for every
@@ -118,7 +117,8 @@ def plan(model: WorldActionModel, tokens: Tensor, tasks: Tensor, action_mask: Te
 
 
 def beam_search(model: WorldActionModel, cache: KVCache, q_root: Tensor, tasks: Tensor, action_mask: Tensor,
-                beam: int, horizon: int, gamma: float, record: bool = False, reward_mode: str = "mode") -> PlanResult:
+                beam: int, horizon: int, gamma: float, record: bool = False,
+                reward_mode: str = DEFAULT_REWARD_MODE) -> PlanResult:
     """Beam search from root caches (N rows, ending at the current observation) with root Q̂ (N, A).
 
     Node arrays are (N, M): M kept nodes per environment (1 at the root, then min(K, M*K)). ``tree[d]`` (when

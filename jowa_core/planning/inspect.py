@@ -18,6 +18,7 @@ import torch
 from jowa_core import games as _games
 from jowa_core.models.tokenizer import Tokenizer
 from jowa_core.models.world_action import WorldActionModel, segment_tokens
+from jowa_core.planning import DEFAULT_REWARD_MODE
 from jowa_core.planning.beam import default_history, plan
 
 TILE = 84  # decoded frame side, pixels
@@ -118,7 +119,7 @@ def live_context(game: str, seed: int, history: int, steps: int = DEFAULT_LIVE_S
 def inspect_state(model: WorldActionModel, tokenizer: Tokenizer, game: str | None = None, store=None,
                   index: int | None = None, live_seed: int | None = None, history: int | None = None,
                   beam: int | str | None = None, horizon: int = _games.PLANNING_HORIZON, gamma: float = 0.99,
-                  live_steps: int = DEFAULT_LIVE_STEPS) -> dict[str, Any]:
+                  live_steps: int = DEFAULT_LIVE_STEPS, reward_mode: str = DEFAULT_REWARD_MODE) -> dict[str, Any]:
     """Plan on one state and return the search as JSON-able data.
 
     The state is row ``index`` of ``store`` (a ``GameStore``; its game is used when ``game`` is None) or,
@@ -132,7 +133,8 @@ def inspect_state(model: WorldActionModel, tokenizer: Tokenizer, game: str | Non
     node one depth up), ``action``, ``action_index``, ``reward``, ``q_max``, ``q`` (valid actions), ``score``,
     ``valid``, ``kept``, ``best`` (on the chosen path), ``obs_tokens``), ``leaves`` (ids of the kept nodes at
     depth H, best first) and, from a store, ``real`` (the store's action, reward, terminal at the state and
-    the indices of the real next frames, up to H, within the episode).
+    the indices of the real next frames, up to H, within the episode). ``reward_mode``: how imagined rewards
+    are read (``jowa_core.planning.beam.imagine_step``); it is returned as ``reward_mode``.
     """
     if model.cfg.obs_vocab != tokenizer.cfg.vocab_size:
         raise ValueError(f"the model's observation vocabulary ({model.cfg.obs_vocab}) differs from the "
@@ -178,7 +180,7 @@ def inspect_state(model: WorldActionModel, tokenizer: Tokenizer, game: str | Non
     tasks = torch.tensor([info.task_id], device=device)
     mask_np = info.action_mask()
     mask = torch.as_tensor(mask_np, device=device)[None]
-    res = plan(model, tokens, tasks, mask, beam=K, horizon=H, gamma=gamma, record=True)
+    res = plan(model, tokens, tasks, mask, beam=K, horizon=H, gamma=gamma, record=True, reward_mode=reward_mode)
 
     q_root = res.q_root[0].float().cpu()
     out: dict[str, Any] = {
@@ -188,6 +190,7 @@ def inspect_state(model: WorldActionModel, tokenizer: Tokenizer, game: str | Non
         "beam": K,
         "horizon": H,
         "gamma": gamma,
+        "reward_mode": reward_mode,
         "history": int(frames.shape[0]),
         "context_tokens": int(tokens.shape[1]),
         "root": {"q": _q_dict(q_root, mask_np), "q_max": float(q_root.max())},
@@ -224,7 +227,7 @@ def _tree(tree: list[dict[str, torch.Tensor]], mask: np.ndarray) -> list[list[di
                 "parent": "root" if d == 1 else f"{d - 1}.{prev_keep[p]}",
                 "action": _name(level["action"][0, j]),
                 "action_index": int(level["action"][0, j]),
-                "reward": int(level["reward"][0, j]),
+                "reward": float(level["reward"][0, j]),
                 "q_max": _f(qj.max()) if valid[j] else None,
                 "q": _q_dict(qj, mask) if valid[j] else {},
                 "score": _f(level["score"][0, j]),
@@ -294,7 +297,7 @@ def render_strip(result: dict[str, Any], tokenizer: Tokenizer, path: str | os.Pa
     for p in paths:
         row = []
         for n in p:
-            row.append((decoded[k], f"{n['action']} r{n['reward']:+d}"))
+            row.append((decoded[k], f"{n['action']} r{n['reward']:+.2g}"))
             k += 1
         rows.append(row)
     t = TILE * scale

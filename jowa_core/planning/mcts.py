@@ -19,6 +19,7 @@ from torch import Tensor
 
 from jowa_core.models.transformer import KVCache
 from jowa_core.models.world_action import WorldActionModel
+from jowa_core.planning import DEFAULT_REWARD_MODE
 from jowa_core.planning.beam import PlanResult, imagine_step, masked_q
 
 
@@ -54,7 +55,7 @@ def _priors(q: Tensor, temperature: float) -> Tensor:
 @torch.no_grad()
 def plan_mcts(model: WorldActionModel, tokens: Tensor, tasks: Tensor, action_mask: Tensor, horizon: int = 2,
               num_simulations: int | None = None, beam: int = 2, gamma: float = 0.99, temperature: float = 1.0,
-              select: str = "value", reward_mode: str = "mode") -> PlanResult:
+              select: str = "value", reward_mode: str = DEFAULT_REWARD_MODE) -> PlanResult:
     """Actions for N contexts (N, T), each searched with ``num_simulations`` simulations (default
     K^2 (H-1) + K for beam width K, the beam search's number of imagined steps)."""
     if num_simulations is None:
@@ -72,7 +73,8 @@ def plan_mcts(model: WorldActionModel, tokens: Tensor, tasks: Tensor, action_mas
 
 
 def _search(model: WorldActionModel, tokens: Tensor, task: Tensor, mask: Tensor, horizon: int, sims: int,
-            gamma: float, temperature: float, select: str, reward_mode: str = "mode") -> tuple[int, float, Tensor]:
+            gamma: float, temperature: float, select: str,
+            reward_mode: str = DEFAULT_REWARD_MODE) -> tuple[int, float, Tensor]:
     device = tokens.device
     cache = model.new_cache(1, dtype=next(model.parameters()).dtype)
     out = model(tokens[None], task[None], cache=cache, heads=("q",))

@@ -7,12 +7,14 @@ import torch
 from torch import Tensor
 
 from jowa_core.models.world_action import WorldActionModel
+from jowa_core.planning import DEFAULT_REWARD_MODE
 from jowa_core.planning.beam import imagine_step, masked_q
 
 
 @torch.no_grad()
 def plan_node_by_node(model: WorldActionModel, tokens: Tensor, task: Tensor, action_mask: Tensor, beam: int = 2,
-                      horizon: int = 2, gamma: float = 0.99, reward_mode: str = "mode") -> tuple[int, float]:
+                      horizon: int = 2, gamma: float = 0.99,
+                      reward_mode: str = DEFAULT_REWARD_MODE) -> tuple[int, float]:
     """(action, score) for one context ``tokens`` (T,) of ``task`` () with ``action_mask`` (A,).
 
     Each node owns a one-row KV cache; every child copies its parent's cache and is imagined alone.
