@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from jowa_cli.common import emit_json, handle_errors
+from jowa_core.learning import EVAL_EPISODES, STAGE1_STEPS, STAGE2_STEPS, TOKENIZER_STEPS, TRANSITIONS
 from jowa_core.progress import make_reporter
 
 
@@ -14,11 +15,11 @@ from jowa_core.progress import make_reporter
 def learning_check(
     out: Annotated[str, typer.Option(help="Folder for the run (data, tokenizer, pretrain, scores, report).")] = "",
     seed: Annotated[int, typer.Option(help="Seed of data collection, training and the evaluation episodes.")] = 0,
-    transitions: Annotated[int, typer.Option(help="Random-policy steps collected.")] = 20_000,
-    tokenizer_steps: Annotated[int, typer.Option(help="Tokenizer training steps.")] = 100,
-    stage1_steps: Annotated[int, typer.Option(help="Pretraining stage-1 (world model) steps.")] = 400,
-    stage2_steps: Annotated[int, typer.Option(help="Pretraining stage-2 (world + Q) steps.")] = 1400,
-    episodes: Annotated[int, typer.Option(help="Evaluation episodes, greedy and planning each.")] = 32,
+    transitions: Annotated[int, typer.Option(help="Random-policy steps collected.")] = TRANSITIONS,
+    tokenizer_steps: Annotated[int, typer.Option(help="Tokenizer training steps.")] = TOKENIZER_STEPS,
+    stage1_steps: Annotated[int, typer.Option(help="Pretraining stage-1 (world model) steps.")] = STAGE1_STEPS,
+    stage2_steps: Annotated[int, typer.Option(help="Pretraining stage-2 (world + Q) steps.")] = STAGE2_STEPS,
+    episodes: Annotated[int, typer.Option(help="Evaluation episodes, greedy and planning each.")] = EVAL_EPISODES,
     json_out: Annotated[str, typer.Option("--json", help="Write the summary as JSON here ('-' for stdout).")] = "",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
