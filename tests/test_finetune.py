@@ -95,7 +95,7 @@ def test_synthetic_segments_are_aligned_and_planned(setup):
     from jowa_core.models.world_action import segment_tokens
 
     res = plan(model, segment_tokens(real["obs_tokens"], real["action"])[:, :-1], real["game_id"],
-               real["action_mask"], beam=2, horizon=2, record=True)
+               real["action_mask"], beam=2, horizon=2, record=True, reward_mode="mode")
     path = best_path(res)
     assert torch.equal(syn["action"][:, 5:7], path["action"])
     assert torch.equal(syn["action"][:, 5], res.action)  # the planned first action sits on the 6th real frame

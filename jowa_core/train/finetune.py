@@ -192,6 +192,8 @@ def synthesize(model: WorldActionModel, real: dict[str, Tensor], beam: int = 2, 
     the planned first action and its imagined reward; steps R..R+H-1 are the imagined observations with the
     planned actions and rewards, the last one's action being the greedy action of Q̂ there (reward 0: it is the
     segment's last step, so it has no TD term). terminal False, valid True; task id and action mask as ``real``.
+    The imagined rewards become training labels (the reward head's classes, the TD target), so they are read as
+    the reward head's mode, in {-1, 0, 1}, as the official code does, not as the planner's default expectation.
     """
     obs, action = real["obs_tokens"], real["action"]
     R = obs.shape[1]
@@ -200,7 +202,7 @@ def synthesize(model: WorldActionModel, real: dict[str, Tensor], beam: int = 2, 
     model.eval()
     try:
         res = plan(model, context, real["game_id"], real["action_mask"], beam=beam, horizon=horizon, gamma=gamma,
-                   record=True)
+                   record=True, reward_mode="mode")
     finally:
         model.train(was_training)
     path = best_path(res)
