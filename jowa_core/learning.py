@@ -45,7 +45,7 @@ CATCH_PRETRAIN: dict[str, Any] = {
               "target_update_every": 25, "log_every": 100, "save_every": 10_000, "tensorboard": False,
               "device": "cpu"},
 }
-# Default scale (`jowa learning-check` options): about 11 minutes on 2 CPU cores. The world model needs the long stage
+# Default scale (`jowa learning-check` options): 10 to 14 minutes on 2 CPU cores. The world model needs the long stage
 # 2: after 1,400 steps its imagined frames were exact only half the time and beam search trailed a near-perfect greedy
 # Q̂ by up to 1.7 catches; after 4,600 steps they are exact 8 times in 10 (docs/results.md).
 TRANSITIONS, TOKENIZER_STEPS, STAGE1_STEPS, STAGE2_STEPS, EVAL_EPISODES = 20_000, 100, 400, 4600, 32
