@@ -50,10 +50,10 @@ def plan(
     """
     from rich.console import Console
 
-    from jowa_core.checkpoint import check_tokens_tokenizer, sha256_file
+    from jowa_core.checkpoint import check_tokens_tokenizer
     from jowa_core.data.store import open_store
     from jowa_core.devices import pick_device
-    from jowa_core.models.tokenizer import load_tokenizer, weights_file
+    from jowa_core.models.tokenizer import fingerprint, load_tokenizer
     from jowa_core.models.world_action import load_world_action
     from jowa_core.planning.inspect import inspect_state, render_strip
 
@@ -65,7 +65,7 @@ def plan(
     gs = open_store(store) if store else None
     model, meta = load_world_action(ckpt, dev)
     tok = load_tokenizer(tokenizer, dev)
-    check_tokens_tokenizer(meta, sha256_file(weights_file(tokenizer)), ckpt, tokenizer)
+    check_tokens_tokenizer(meta, fingerprint(tokenizer), ckpt, tokenizer)
     result = inspect_state(model, tok, game=game or None, store=gs, index=index, live_seed=seed, history=history,
                            beam=beam, horizon=horizon, gamma=gamma, live_steps=live_steps,
                            reward_mode=imagined_reward)

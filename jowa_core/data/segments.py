@@ -293,9 +293,10 @@ def tokens_tokenizer(stores: Sequence[GameStore]) -> str | None:
     """sha256 of the tokenizer whose ``obs_tokens`` the stores hold (``jowa tokenize`` records it); None when no
     store records one. Stores tokenized by different tokenizers cannot train one model: that is an error."""
     shas: dict[str, str] = {}
+    from jowa_core.data.tokenize import existing_tokens_attrs
+
     for st in stores:
-        group = zarr.open_group(str(st.path), mode="r", zarr_format=3)
-        sha = group["obs_tokens"].attrs.get("tokenizer_sha256") if "obs_tokens" in group else None
+        sha = (existing_tokens_attrs(st.path) or {}).get("tokenizer_sha256")
         if sha:
             shas.setdefault(str(sha), str(st.path))
     if len(shas) > 1:

@@ -32,11 +32,11 @@ import torch
 import zarr
 from zarr.codecs import ZstdCodec
 
-from jowa_core.checkpoint import sha256_file
 from jowa_core.config import to_dict
 from jowa_core.data.store import StoreError, list_stores, open_store
 from jowa_core.devices import pick_device
-from jowa_core.models.tokenizer import load_tokenizer, resolve_tokenizer, weights_file
+from jowa_core.models.tokenizer import fingerprint as tokenizer_fingerprint
+from jowa_core.models.tokenizer import load_tokenizer, resolve_tokenizer
 from jowa_core.progress import NullReporter, Reporter
 
 ARRAY = "obs_tokens"
@@ -143,7 +143,7 @@ def tokenize_stores(
     dev = _resolve_device(device)
     prec = _resolve_precision(precision, dev)
     source = resolve_tokenizer(tokenizer_path)
-    fingerprint = sha256_file(weights_file(tokenizer_path))
+    fingerprint = tokenizer_fingerprint(tokenizer_path)
     tok = load_tokenizer(tokenizer_path, device=dev)
     if tok.tokens_per_frame != TOKENS_PER_OBS:
         raise TokenizeError(f"{source}: the tokenizer makes {tok.tokens_per_frame} tokens per frame; the store "

@@ -25,7 +25,7 @@ from torch import Tensor
 from jowa_core import games as _games
 from jowa_core.models.tokenizer import Tokenizer
 from jowa_core.models.world_action import WorldActionModel, segment_tokens
-from jowa_core.planning import DEFAULT_REWARD_MODE, REWARD_MODES
+from jowa_core.planning import DEFAULT_REWARD_MODE, check_reward_mode
 from jowa_core.planning.beam import default_history
 
 __all__ = ["Agent", "AgentStats"]
@@ -98,9 +98,7 @@ class Agent:
         self.horizon = int(horizon) if self.plan else 0
         self.beams = np.array(beams if self.plan else [1] * n, dtype=np.int64)
         self.epsilon, self.gamma = float(epsilon), float(gamma)
-        if reward_mode not in REWARD_MODES:
-            raise ValueError(f"reward_mode must be one of {', '.join(REWARD_MODES)}, got {reward_mode!r}")
-        self.reward_mode = reward_mode
+        self.reward_mode = check_reward_mode(reward_mode)  # fail before any environment starts
         self.max_batch = int(max_batch)
         self.notes: list[str] = []
         cap = cfg.max_steps - self.horizon

@@ -162,7 +162,7 @@ def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Se
     else the paper's 0.99. ``reward_mode``: imagined rewards as their expectation ("expected", default) or the
     mode ("mode", official).
     """
-    from jowa_core.models.tokenizer import load_tokenizer, weights_file
+    from jowa_core.models.tokenizer import fingerprint, load_tokenizer, weights_file
     from jowa_core.models.world_action import load_world_action
     from jowa_core.train import dist as _dist
 
@@ -184,7 +184,8 @@ def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Se
         model, meta = load_world_action(str(model_dir), ctx.device)
         model = model.to(_DTYPES[dtype])
         tokenizer = load_tokenizer(tokenizer_path, ctx.device)
-        ckpt.check_tokens_tokenizer(meta, sha256_file(weights_file(tokenizer_path)), model_dir, tokenizer_path)
+        tokenizer_sha256 = fingerprint(tokenizer_path)
+        ckpt.check_tokens_tokenizer(meta, tokenizer_sha256, model_dir, tokenizer_path)
         items = [{"game": g, "episode": e, "seed": int(seed) + e} for g in names for e in range(int(episodes))]
         mine = items[ctx.rank::ctx.world_size]
         gamma = float(meta.get("gamma", 0.99)) if gamma is None else float(gamma)
@@ -220,7 +221,7 @@ def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Se
                            "sha256": sha256_file(model_dir / ckpt.WEIGHTS), "step": meta.get("step"),
                            "config": meta.get("config")},
             "tokenizer": {"path": str(tokenizer_path), "resolved": str(weights_file(tokenizer_path)),
-                          "sha256": sha256_file(weights_file(tokenizer_path))},
+                          "sha256": tokenizer_sha256},
             "settings": settings.to_dict(),
             "agent": {"plan": ref.get("plan", plan), "beam": beam, "horizon": ref.get("horizon", horizon),
                       "history": ref.get("history", history), "history_requested": history, "gamma": gamma,

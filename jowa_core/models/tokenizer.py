@@ -473,6 +473,12 @@ def weights_file(path: str | Path) -> Path:
     return p if p.is_file() else p / ckpt.WEIGHTS
 
 
+def fingerprint(path: str | Path) -> str:
+    """sha256 of a tokenizer's weights file: what ``jowa tokenize`` stamps on the tokens it writes, what pretraining
+    records, and what evaluation checks (``checkpoint.check_tokens_tokenizer``)."""
+    return ckpt.sha256_file(weights_file(path))
+
+
 def strip_official_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Drop a ``module.`` / ``_orig_mod.`` (DDP / torch.compile) prefix shared by the keys."""
     for prefix in OFFICIAL_PREFIXES:

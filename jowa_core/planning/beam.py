@@ -24,7 +24,7 @@ from torch import Tensor
 
 from jowa_core.models.transformer import KVCache
 from jowa_core.models.world_action import WorldActionModel
-from jowa_core.planning import DEFAULT_REWARD_MODE, REWARD_MODES
+from jowa_core.planning import DEFAULT_REWARD_MODE, check_reward_mode
 
 NEG_INF = float("-inf")
 
@@ -71,12 +71,10 @@ def imagine_step(model: WorldActionModel, cache: KVCache, actions: Tensor, tasks
 
 def imagined_reward(logits: Tensor, reward_mode: str = DEFAULT_REWARD_MODE) -> Tensor:
     """(R, 3) reward logits over {-1, 0, +1} -> (R,) imagined rewards (see ``imagine_step``)."""
-    if reward_mode == "mode":
+    if check_reward_mode(reward_mode) == "mode":
         return logits.float().argmax(-1) - 1
-    if reward_mode == "expected":
-        p = logits.float().softmax(-1)
-        return p[:, 2] - p[:, 0]
-    raise ValueError(f"reward_mode must be one of {', '.join(REWARD_MODES)}, got {reward_mode!r}")
+    p = logits.float().softmax(-1)  # "expected"
+    return p[:, 2] - p[:, 0]
 
 
 def default_history(max_steps: int, horizon: int) -> int:

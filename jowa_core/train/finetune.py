@@ -37,7 +37,7 @@ from jowa_core.config import read_yaml, save_yaml, to_dict
 from jowa_core.data.segments import make_loader
 from jowa_core.devices import pick_device
 from jowa_core.models.losses import cql_loss, expected_q, td_loss, world_losses
-from jowa_core.models.tokenizer import load_tokenizer, save_tokenizer, weights_file
+from jowa_core.models.tokenizer import fingerprint, load_tokenizer, save_tokenizer
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, load_world_action, segment_tokens
 from jowa_core.planning.beam import PlanResult, plan
 from jowa_core.progress import NullReporter
@@ -354,7 +354,7 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
         tok = load_tokenizer(tokenizer, device).requires_grad_(False)  # fail now, not after training
     model, meta = load_world_action(str(ckpt_path), device)
     if tok is not None:
-        ckpt.check_tokens_tokenizer(meta, ckpt.sha256_file(weights_file(tokenizer)), ckpt_path, tokenizer)
+        ckpt.check_tokens_tokenizer(meta, fingerprint(tokenizer), ckpt_path, tokenizer)
     mcfg = model.cfg
     if info.task_id >= mcfg.max_tasks:
         raise ValueError(f"{info.name} has task id {info.task_id} >= the model's max_tasks {mcfg.max_tasks}")
