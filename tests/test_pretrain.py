@@ -18,7 +18,14 @@ from conftest import make_token_stores
 from jowa_core import checkpoint as ckpt
 from jowa_core.config import from_dict
 from jowa_core.models.world_action import load_world_action
-from jowa_core.train.pretrain import PretrainConfig, build_optimizer, param_fingerprint, pretrain
+from jowa_core.train.pretrain import (
+    PretrainConfig,
+    TrainConfig,
+    build_optimizer,
+    lr_factor,
+    param_fingerprint,
+    pretrain,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 64
@@ -67,6 +74,33 @@ def test_losses_fall_and_stages_switch(data, tmp_path):
     # the Q head trained in stage 2 only, and the target copy is the head of step 120 (120 % 10 == 0)
     for a, b in zip(model.head_q.parameters(), model.head_q_target.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_cosine_schedule_falls_within_each_stage():
+    cfg = TrainConfig(stage1_steps=5, stage2_steps=9, lr_schedule="cosine", lr_final_ratio=0.2)
+    f = [lr_factor(s, cfg) for s in range(14)]
+    assert f[0] == pytest.approx(1.0) and f[4] == pytest.approx(0.2)  # stage 1: steps 0..4
+    assert f[5] == pytest.approx(1.0) and f[13] == pytest.approx(0.2)  # stage 2 starts again from its own lr
+    assert f[2] == pytest.approx(0.6) and f[9] == pytest.approx(0.6)  # half-way: the mean of 1 and the ratio
+    assert all(a > b for a, b in zip(f[:4], f[1:5], strict=True))
+    assert all(a > b for a, b in zip(f[5:13], f[6:14], strict=True))
+    assert {lr_factor(s, TrainConfig(stage1_steps=5, stage2_steps=9)) for s in range(14)} == {1.0}
+
+
+def test_pretrain_follows_the_cosine_schedule(data, tmp_path):
+    cfg = config(data, stage1_steps=4, stage2_steps=5, log_every=1, save_every=1000, lr_world_stage1=2e-3,
+                 lr_world_stage2=1e-3, lr_q=5e-4, lr_schedule="cosine", lr_final_ratio=0.0)
+    pretrain(cfg, tmp_path / "run")
+    rows = metrics(tmp_path / "run")
+    # the row of step s shows the learning rates of its last optimiser step (0-based s - 1)
+    expect_world = [2e-3 * lr_factor(s, cfg.train) for s in range(4)] + [1e-3 * lr_factor(s, cfg.train)
+                                                                       for s in range(4, 9)]
+    assert [float(r["lr_world"]) for r in rows] == pytest.approx(expect_world)
+    assert [float(r["lr_q"]) for r in rows[4:]] == pytest.approx([5e-4 * lr_factor(s, cfg.train) for s in range(4, 9)])
+    assert float(rows[3]["lr_world"]) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="lr_final_ratio"):
+        pretrain(config(data, lr_schedule="cosine", lr_final_ratio=1.5), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_q_head_is_frozen_in_stage_1(data, tmp_path):

@@ -57,6 +57,10 @@ class TrainConfig:
     lr_world_stage1: float = 1e-4
     lr_world_stage2: float = 5e-5  # official single runs effectively keep 1e-4 (a bug)
     lr_q: float = 5e-5
+    # constant: the paper's and the official schedule; cosine: each stage's learning rates fall along a half
+    # cosine from their set values to lr_final_ratio times them by the stage's last step (docs/pretraining.md)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_final_ratio: float = 0.1
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float = 1.0
@@ -155,9 +159,20 @@ def build_optimizer(model: WorldActionModel, cfg: TrainConfig) -> torch.optim.Ad
     return torch.optim.AdamW(groups, lr=cfg.lr_world_stage1, betas=tuple(cfg.betas), fused=fused or None)
 
 
-def set_stage_lr(opt: torch.optim.Optimizer, stage: int, cfg: TrainConfig) -> None:
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """The multiplier of the stage's learning rates for optimiser step ``step`` (0-based): 1 when constant; with
+    cosine, 1 at the stage's first step falling to ``lr_final_ratio`` at its last."""
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    start, length = (0, cfg.stage1_steps) if step < cfg.stage1_steps else (cfg.stage1_steps, cfg.stage2_steps)
+    frac = min(max(step - start, 0) / max(length - 1, 1), 1.0)
+    return cfg.lr_final_ratio + (1.0 - cfg.lr_final_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+def set_stage_lr(opt: torch.optim.Optimizer, stage: int, cfg: TrainConfig, factor: float = 1.0) -> None:
     for g in opt.param_groups:
-        g["lr"] = cfg.lr_q if g["name"] == "q" else (cfg.lr_world_stage1 if stage == 1 else cfg.lr_world_stage2)
+        base = cfg.lr_q if g["name"] == "q" else (cfg.lr_world_stage1 if stage == 1 else cfg.lr_world_stage2)
+        g["lr"] = base * factor
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -373,6 +388,8 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
     total_steps = tcfg.stage1_steps + tcfg.stage2_steps
     if total_steps < 1:
         raise ValueError("train.stage1_steps + train.stage2_steps must be >= 1")
+    if not 0.0 <= tcfg.lr_final_ratio <= 1.0:
+        raise ValueError(f"train.lr_final_ratio must be in [0, 1], got {tcfg.lr_final_ratio}")
     resume_from = _prepare_out(out, resume, ctx)
 
     games = resolve_games(dcfg.games) if dcfg.games else None
@@ -462,6 +479,8 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
             if stage != current_stage:
                 wrapped = enter_stage(stage, fresh=(step == tcfg.stage1_steps) or current_stage == 1)
                 current_stage = stage
+            if tcfg.lr_schedule != "constant":
+                set_stage_lr(opt, stage, tcfg, lr_factor(step, tcfg))
             batch = _to_device(batch, ctx.device)
             if joint_tok is not None and stage == 1:
                 with autocast():
