@@ -54,6 +54,9 @@ def collect(
     compress_level: int = typer.Option(1, "--compress-level", min=0, max=9, help="gzip level of the logs."),
     workers: int = typer.Option(1, "--workers", min=1, help="Runs collected in parallel processes."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo runs that are already complete."),
+    scores_csv: str | None = typer.Option(None, "--scores-csv", help="Also write every completed episode's raw "
+                                          "return as method,game,score rows ('data (<policy>)'), which `jowa report` "
+                                          "puts beside the agents."),
     json_out: str | None = typer.Option(None, "--json", help="Write a JSON summary to this path ('-': stdout)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display or summary lines."),
 ) -> None:
@@ -68,10 +71,12 @@ def collect(
     Runs are atomic and resumable: finished runs are skipped (unless --overwrite), an interrupted run
     restarts from scratch. Example:
 
-        jowa collect --games Pong,Breakout --runs 1 --steps 20000 --capacity 5000 --out data/raw
+        jowa collect --games Pong,Breakout --runs 1 --steps 20000 --capacity 5000 --out data/raw \
+            --scores-csv scores/data.csv
     """
     from jowa_core import games as game_registry
     from jowa_core.data.collect import collect as collect_runs
+    from jowa_core.data.collect import write_scores_csv
     from jowa_core.envs.atari import AtariSettings
     from jowa_core.progress import make_reporter
 
@@ -102,4 +107,8 @@ def collect(
                 f"({s['steps_per_s']} steps/s) -> {s['path']}",
                 file=stream,
             )
+    if scores_csv:
+        n = write_scores_csv(summaries, scores_csv)
+        if not quiet:
+            print(f"{n} episode returns -> {scores_csv}", file=sys.stderr if json_out == "-" else sys.stdout)
     emit_json({"out": str(out), "runs": summaries}, json_out)

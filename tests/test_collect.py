@@ -3,6 +3,7 @@ collector and its CLI. Real ALE emulation on Pong/Breakout, kept to a few thousa
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import os
@@ -382,8 +383,24 @@ def test_cli_collect(tmp_path):
     saved = json.loads((tmp_path / "Pong" / "2" / "collect.json").read_text())
     assert saved["settings"]["sticky_actions"] == 0.1 and saved["settings"]["max_episode_steps"] == 40
     assert saved["episode_lengths"] == [40]
-    again = runner.invoke(_app(), args[:-3])
+    scores = tmp_path / "scores" / "data.csv"
+    again = runner.invoke(_app(), [*args[:-3], "--scores-csv", str(scores)])
     assert again.exit_code == 0 and "already complete" in again.stdout
+    # the data's own raw returns, as rows that `jowa report` reads (skipped runs included)
+    expect = [r for run in report["runs"] for r in run["episode_returns"]]
+    with scores.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["method"], r["game"]) for r in rows] == [("data (random)", "Pong")] * len(expect) and expect
+    assert [float(r["score"]) for r in rows] == pytest.approx(expect)
+    from jowa_core.evaluation.report import load_results
+
+    (method,) = load_results([scores])
+    assert method.name == "data (random)" and list(method.scores["Pong"]) == pytest.approx(expect)
+    # no completed episode: a clear error and no file
+    short = runner.invoke(_app(), ["collect", "--games", "Pong", "--runs", "3", "--steps", "10", "--capacity", "16",
+                                   "--out", str(tmp_path), "--quiet", "--scores-csv", str(tmp_path / "none.csv")])
+    assert short.exit_code == 2 and "no completed episodes" in short.stderr
+    assert not (tmp_path / "none.csv").exists()
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ skipped unless ``overwrite``; an interrupted one is started again from scratch.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
@@ -341,6 +342,24 @@ def _worker(kwargs: dict[str, Any]) -> dict[str, Any]:
     finally:
         if rep is not None:
             rep.close()
+
+
+def write_scores_csv(summaries: Sequence[dict[str, Any]], path: str | os.PathLike, method: str | None = None) -> int:
+    """Write the raw (unclipped) return of every completed episode in ``summaries`` (``collect`` results) as
+    ``method,game,score`` rows, the CSV that ``jowa report`` reads, so the data's own return sits beside the
+    agents. ``method`` defaults to ``data (<policy>)``. Written atomically; returns the number of rows."""
+    rows = [(method or f"data ({s['policy']})", s["game"], float(r)) for s in summaries for r in s["episode_returns"]]
+    if not rows:
+        raise ValueError("no completed episodes to write: collect more steps (or a shorter --max-episode-steps)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "game", "score"])
+        w.writerows(rows)
+    os.replace(tmp, path)
+    return len(rows)
 
 
 def collect(
