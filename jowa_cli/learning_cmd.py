@@ -7,7 +7,14 @@ from typing import Annotated
 import typer
 
 from jowa_cli.common import emit_json, handle_errors
-from jowa_core.learning import EVAL_EPISODES, STAGE1_STEPS, STAGE2_STEPS, TOKENIZER_STEPS, TRANSITIONS
+from jowa_core.learning import (
+    DATA_STICKY_ACTIONS,
+    EVAL_EPISODES,
+    STAGE1_STEPS,
+    STAGE2_STEPS,
+    TOKENIZER_STEPS,
+    TRANSITIONS,
+)
 from jowa_core.progress import make_reporter
 
 
@@ -20,6 +27,10 @@ def learning_check(
     stage1_steps: Annotated[int, typer.Option(help="Pretraining stage-1 (world model) steps.")] = STAGE1_STEPS,
     stage2_steps: Annotated[int, typer.Option(help="Pretraining stage-2 (world + Q) steps.")] = STAGE2_STEPS,
     episodes: Annotated[int, typer.Option(help="Evaluation episodes, greedy and planning each.")] = EVAL_EPISODES,
+    sticky_actions: Annotated[float, typer.Option(
+        min=0.0, max=1.0,
+        help="Repeat-action probability while collecting the data (0.25 is DQN-Replay's; evaluation never has "
+             "sticky actions).")] = DATA_STICKY_ACTIONS,
     json_out: Annotated[str, typer.Option("--json", help="Write the summary as JSON here ('-' for stdout).")] = "",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
@@ -43,7 +54,7 @@ def learning_check(
     try:
         s = run_learning_check(out, seed=seed, transitions=transitions, tokenizer_steps=tokenizer_steps,
                                stage1_steps=stage1_steps, stage2_steps=stage2_steps, eval_episodes=episodes,
-                               reporter=reporter)
+                               sticky_actions=sticky_actions, reporter=reporter)
     finally:
         reporter.close()
     if not quiet:

@@ -1,4 +1,4 @@
-"""It learns: from random-policy Catch data only, the tiny preset trained for about ten CPU minutes plays clearly better
+"""It learns: from random-policy Catch data only, the tiny preset trained for a few CPU minutes plays clearly better
 than the random policy and than the data it learned from, and planning does not hurt.
 
 The thresholds sit far below every recorded seed (docs/results.md), yet a model that did not learn fails them: the
