@@ -52,7 +52,7 @@ CATCH_PRETRAIN: dict[str, Any] = {
 # (docs/results.md). `jowa learning-check --sticky-actions 0.25` runs the sticky variant.
 DATA_STICKY_ACTIONS = 0.0
 # Default scale (`jowa learning-check` options): 6 to 9 minutes on 2 CPU cores, nearly all of it pretraining. With
-# deterministic data, 3,000 steps in all bring every recorded seed to 9.2-9.9 catches of 10 with and without
+# deterministic data, 3,000 steps in all bring every recorded seed to 9.1-10 catches of 10 with and without
 # planning (docs/results.md); the sticky-action data needed 5,000 and still failed "planning must not hurt" on one.
 TRANSITIONS, TOKENIZER_STEPS, STAGE1_STEPS, STAGE2_STEPS, EVAL_EPISODES = 20_000, 100, 400, 2600, 32
 EVAL_SEED = 1_000_000  # evaluation episodes use seeds EVAL_SEED + 1000 * seed + e, never the data's

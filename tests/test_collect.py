@@ -314,6 +314,13 @@ def test_collect_run_skips_complete_runs_unless_overwrite(tmp_path):
     skipped = collect_run("Pong", tmp_path, 2, 60, **kwargs)
     assert skipped["skipped"] and summary_file.stat().st_mtime_ns == stamp
     assert skipped["episode_returns"] == first["episode_returns"]
+    # a finished run collected with other steps or settings is not silently reused
+    with pytest.raises(ValueError, match=r"other num_steps \(num_steps: 60 there, 80 asked\).*--overwrite"):
+        collect_run("Pong", tmp_path, 2, 80, **kwargs)
+    sticky = AtariSettings(**{**SETTINGS.to_dict(), "sticky_actions": 0.5})
+    with pytest.raises(ValueError, match="other settings"):
+        collect_run("Pong", tmp_path, 2, 60, capacity=32, seed=0, settings=sticky)
+    assert summary_file.stat().st_mtime_ns == stamp
     redone = collect_run("Pong", tmp_path, 2, 80, overwrite=True, **kwargs)
     assert not redone["skipped"] and json.loads(summary_file.read_text())["num_steps"] == 80
     assert sorted(os.listdir(tmp_path / "Pong")) == ["2"]  # no .old / .partial left

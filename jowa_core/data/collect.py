@@ -170,7 +170,8 @@ def collect_run(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Collect one run; returns its summary (the contents of ``collect.json`` plus ``path`` and
-    ``skipped``). A finished run (``collect.json`` present) is returned as is unless ``overwrite``."""
+    ``skipped``). A finished run (``collect.json`` present) is returned as is unless ``overwrite``; one collected
+    with other steps, capacity, policy, seed or settings is an error."""
     info = _games.get(game)
     settings = settings or AtariSettings()
     num_steps, capacity, run, seed = int(num_steps), int(capacity), int(run), int(seed)
@@ -181,6 +182,15 @@ def collect_run(
     if final.exists() and not overwrite:
         if (final / SUMMARY_FILE).is_file():
             summary = _read_summary(final)
+            asked = {"num_steps": num_steps, "capacity": capacity, "policy": policy, "seed": seed,
+                     "settings": settings.to_dict()}
+            differ = [k for k, v in asked.items() if k in summary and summary[k] != v]
+            if differ:
+                raise ValueError(
+                    f"{final} was collected with other {', '.join(differ)} "
+                    f"({'; '.join(f'{k}: {summary[k]} there, {asked[k]} asked' for k in differ)}): "
+                    "pass --overwrite to collect it again, or choose another --out"
+                )
             return {**summary, "path": str(final), "skipped": True}
         raise ValueError(
             f"{final} exists but was not written by `jowa collect` (no {SUMMARY_FILE}); "
