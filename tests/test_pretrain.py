@@ -183,8 +183,10 @@ def test_the_model_records_which_tokenizer_made_its_tokens(data, tmp_path):
         pretrain(cfg, tmp_path / "run2")
     stamp(GAMES[1], "c" * 64)
     longer = config(copy, stage1_steps=2, stage2_steps=4, save_every=2)
+    saved_config = (tmp_path / "run" / "config.yaml").read_text()
     with pytest.raises(ValueError, match="Resume on the data it started with"):
         pretrain(longer, tmp_path / "run", resume=True)
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved_config  # refused before anything is rewritten
 
 
 def test_fresh_run_into_a_used_directory_is_refused(data, tmp_path):

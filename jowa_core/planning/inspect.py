@@ -297,7 +297,7 @@ def render_strip(result: dict[str, Any], tokenizer: Tokenizer, path: str | os.Pa
     for p in paths:
         row = []
         for n in p:
-            row.append((decoded[k], f"{n['action']} r{n['reward']:+.2g}"))
+            row.append((decoded[k], f"{n['action']} r{n['reward']:+.2f}"))
             k += 1
         rows.append(row)
     t = TILE * scale

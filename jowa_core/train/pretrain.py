@@ -422,6 +422,12 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
         raise ValueError(f"the observation tokens come from a tokenizer with vocab {vocab}, but model.obs_vocab is "
                          f"{cfg.model.obs_vocab}; set model.obs_vocab={vocab}")
 
+    if resume_from is not None:  # before anything in `out` is rewritten
+        was = ckpt.read_json(resume_from / ckpt.META).get("tokens_tokenizer_sha256")
+        if was and was != dataset.tokens_tokenizer:
+            raise ValueError(f"{resume_from} trained on tokens of the tokenizer with sha256 {was[:12]}...; the data "
+                             f"now holds tokens of another one. Resume on the data it started with")
+
     jdist.barrier(ctx)
     if ctx.is_main:  # only now that the data and config are known to be usable
         out.mkdir(parents=True, exist_ok=True)
@@ -433,10 +439,6 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
     state: dict[str, Any] = {"step": 0, "stage": 1, "epoch": 0, "batch_in_epoch": 0, "games": dataset.games}
     if resume_from is not None:
         state.update(load_checkpoint(resume_from, model, opt, ctx))
-        was = ckpt.read_json(resume_from / ckpt.META).get("tokens_tokenizer_sha256")
-        if was and was != dataset.tokens_tokenizer:
-            raise ValueError(f"{resume_from} trained on tokens of the tokenizer with sha256 {was[:12]}...; the data "
-                             f"now holds tokens of another one. Resume on the data it started with")
         if joint_tok is not None:
             joint_tok.load(resume_from)
         reporter.log(f"resuming from {resume_from} at step {state['step']}")
