@@ -195,6 +195,16 @@ def test_fresh_run_into_a_used_directory_is_refused(data, tmp_path):
         pretrain(config(data), tmp_path / "run")
 
 
+def test_a_failed_resume_leaves_the_run_as_it_was(data, tmp_path):
+    pretrain(config(data, stop_after=2), tmp_path / "run")
+    before = (tmp_path / "run" / "config.yaml").read_text()
+    wider = config(data)
+    wider.model.embed_dim = 48  # the checkpoint's weights do not fit
+    with pytest.raises(Exception, match="size mismatch"):
+        pretrain(wider, tmp_path / "run", resume=True)
+    assert (tmp_path / "run" / "config.yaml").read_text() == before
+
+
 def _cli(*args: str, env: dict | None = None) -> list[str]:
     return [sys.executable, "-m", "jowa_cli.main", *args]
 

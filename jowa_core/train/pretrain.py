@@ -429,7 +429,7 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
                              f"now holds tokens of another one. Resume on the data it started with")
 
     jdist.barrier(ctx)
-    if ctx.is_main:  # only now that the data and config are known to be usable
+    if ctx.is_main and resume_from is None:  # only now that the data and config are known to be usable
         out.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, out / "config.yaml")
     torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
@@ -439,6 +439,8 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
     state: dict[str, Any] = {"step": 0, "stage": 1, "epoch": 0, "batch_in_epoch": 0, "games": dataset.games}
     if resume_from is not None:
         state.update(load_checkpoint(resume_from, model, opt, ctx))
+        if ctx.is_main:  # the checkpoint fits this config: it is the run's config from now on
+            save_yaml(cfg, out / "config.yaml")
         if joint_tok is not None:
             joint_tok.load(resume_from)
         reporter.log(f"resuming from {resume_from} at step {state['step']}")
