@@ -93,8 +93,8 @@ def collect(
     finally:
         reporter.close()
 
+    stream = sys.stderr if json_out == "-" else sys.stdout  # keep stdout for the JSON
     if not quiet:
-        stream = sys.stderr if json_out == "-" else sys.stdout
         for s in summaries:
             if s["skipped"]:
                 print(f"{s['game']} run {s['run']}: already complete, skipped ({s['path']})", file=stream)
@@ -110,5 +110,5 @@ def collect(
     if scores_csv:
         n = write_scores_csv(summaries, scores_csv)
         if not quiet:
-            print(f"{n} episode returns -> {scores_csv}", file=sys.stderr if json_out == "-" else sys.stdout)
+            print(f"{n} episode returns -> {scores_csv}", file=stream)
     emit_json({"out": str(out), "runs": summaries}, json_out)

@@ -363,7 +363,7 @@ def write_scores_csv(summaries: Sequence[dict[str, Any]], path: str | os.PathLik
         raise ValueError("no completed episodes to write: collect more steps (or a shorter --max-episode-steps)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.tmp")  # as _write_json_atomic
     with tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", "game", "score"])

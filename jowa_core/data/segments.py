@@ -292,9 +292,9 @@ def _as_store(s: GameStore | str | os.PathLike) -> GameStore:
 def tokens_tokenizer(stores: Sequence[GameStore]) -> str | None:
     """sha256 of the tokenizer whose ``obs_tokens`` the stores hold (``jowa tokenize`` records it); None when no
     store records one. Stores tokenized by different tokenizers cannot train one model: that is an error."""
-    shas: dict[str, str] = {}
     from jowa_core.data.tokenize import existing_tokens_attrs
 
+    shas: dict[str, str] = {}
     for st in stores:
         sha = (existing_tokens_attrs(st.path) or {}).get("tokenizer_sha256")
         if sha:

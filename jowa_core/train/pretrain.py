@@ -454,11 +454,10 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
     current_stage = 0
 
     def enter_stage(stage: int, fresh: bool) -> nn.Module:
-        """Freeze/unfreeze the Q head, set learning rates and (re)build the DDP wrapper for the stage."""
+        """Freeze/unfreeze the Q head and (re)build the DDP wrapper for the stage (the loop sets learning rates)."""
         if stage == 2 and fresh:
             model.update_target()
         model.head_q.requires_grad_(stage == 2)
-        set_stage_lr(opt, stage, tcfg)
         net: nn.Module = model
         if tcfg.compile:
             net = torch.compile(net)
@@ -483,8 +482,7 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
             if stage != current_stage:
                 wrapped = enter_stage(stage, fresh=(step == tcfg.stage1_steps) or current_stage == 1)
                 current_stage = stage
-            if tcfg.lr_schedule != "constant":
-                set_stage_lr(opt, stage, tcfg, lr_factor(step, tcfg))
+            set_stage_lr(opt, stage, tcfg, lr_factor(step, tcfg))  # the stage's rates; constant or cosine
             batch = _to_device(batch, ctx.device)
             if joint_tok is not None and stage == 1:
                 with autocast():
