@@ -28,7 +28,7 @@ def data(
     Makes DQN-Replay-format logs from real Atari frames (ale-py), converts them with prepare-data, then
     reads random 8-step segments with the segment loader.
     """
-    from jowa_core.data.bench import bench_data
+    from jowa_core.bench.data import bench_data
 
     result = bench_data(
         frames=frames,
@@ -78,8 +78,8 @@ def train(
     Example: jowa bench train --preset 150m --batch-size 512 --amp bf16 --compile --record docs/benchmarks.md
     """
 
+    from jowa_core.bench.train import bench_train, table_rows
     from jowa_core.progress import make_reporter
-    from jowa_core.train.bench import bench_train, table_rows
 
     reporter = make_reporter(quiet=quiet)
     try:
@@ -125,7 +125,7 @@ def plan(
     Example: jowa bench plan --preset 150m --envs 16 --beam 3 --horizon 2 --record docs/benchmarks.md
     """
 
-    from jowa_core.planning.bench import bench_plan, table_rows
+    from jowa_core.bench.plan import bench_plan, table_rows
     from jowa_core.progress import make_reporter
 
     reporter = make_reporter(quiet=quiet)

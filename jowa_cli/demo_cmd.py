@@ -30,7 +30,7 @@ def demo(
     from rich.console import Console
     from rich.table import Table
 
-    from jowa_core.demo import run_demo
+    from jowa_core.recipes.demo import run_demo
 
     reporter = make_reporter()
     try:

@@ -12,15 +12,13 @@ from jowa_core.planning import DEFAULT_REWARD_MODE
 from jowa_core.progress import make_reporter
 
 
-def _beam(value: str) -> int | str:
-    if value == "auto":
-        return value
+def _int_option(name: str, value: str) -> int:
     try:
         k = int(value)
     except ValueError:
-        raise UserError(f"--beam must be an integer or 'auto', got {value!r}") from None
+        raise UserError(f"{name} must be an integer or 'auto', got {value!r}") from None
     if k < 1:
-        raise UserError(f"--beam must be >= 1, got {k}")
+        raise UserError(f"{name} must be >= 1, got {k}")
     return k
 
 
@@ -53,7 +51,10 @@ def evaluate(
     epsilon: Annotated[float, typer.Option(help="Probability of a random valid action per step.")] = 0.001,
     seed: Annotated[int, typer.Option(help="Episode e of each game uses seed + e.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="World-action weights: float32 or bfloat16.")] = "float32",
+    precision: Annotated[str, typer.Option(help="World-action weights: fp32 or bf16.")] = "fp32",
+    q_dropout: Annotated[str, typer.Option(
+        help="off: Q heads deterministic in evaluation (intended); official: their Dropout(0.01) stays on as in "
+             "the official code, for parity with its released raw scores (docs/evaluation.md).")] = "off",
     video_dir: Annotated[str, typer.Option(help="Write MP4s of the agent's observations into this folder.")] = "",
     video_episodes: Annotated[str, typer.Option(help="Episodes (of every game) to film, e.g. '0,3'.")] = "0",
     mcts: Annotated[bool, typer.Option("--mcts", help="Plan with MCTS (K^2 (H-1) + K simulations) instead.")] = False,
@@ -79,21 +80,23 @@ def evaluate(
     from rich.console import Console
     from rich.table import Table
 
+    from jowa_core.evaluation.agent import AgentSettings
     from jowa_core.evaluation.envs import EvalSettings
     from jowa_core.evaluation.runner import evaluate as run
 
     if history < 0:
         raise UserError(f"--history must be >= 0, got {history}")
     settings = EvalSettings(max_frames=max_frames, epsilon=epsilon)
+    agent = AgentSettings(plan=not no_plan, planner="mcts" if mcts else "beam",
+                          beam=beam if beam == "auto" else _int_option("--beam", beam), horizon=horizon,
+                          history=history or None, gamma=gamma, reward_mode=imagined_reward, precision=precision,
+                          max_batch=batch, q_dropout=q_dropout)
     is_main = os.environ.get("RANK", "0") == "0"
     reporter = make_reporter(quiet=quiet or not is_main)
     try:
-        result = run(ckpt, tokenizer, games, episodes=episodes, settings=settings, beam=_beam(beam), horizon=horizon,
-                     history=history or None, plan=not no_plan, seed=seed, device=device, out_json=out or None,
-                     reporter=reporter, backend=backend, max_batch=batch, dtype=dtype,
-                     planner="mcts" if mcts else "beam", video_dir=video_dir or None,
-                     video_episodes=[int(e) for e in video_episodes.split(",") if e.strip()], gamma=gamma,
-                     reward_mode=imagined_reward)
+        result = run(ckpt, tokenizer, games, episodes=episodes, agent=agent, settings=settings, seed=seed,
+                     device=device, backend=backend, out_json=out or None, video_dir=video_dir or None,
+                     video_episodes=[int(e) for e in video_episodes.split(",") if e.strip()], reporter=reporter)
     finally:
         reporter.close()
     if not is_main:

@@ -36,7 +36,7 @@ def import_official(
 
     Example: jowa import-official --tokenizer tokenizer.pt --model JOWA_150M.pt --out ckpt/jowa150m
     """
-    from jowa_core.convert_official import import_official as run
+    from jowa_core.interop.official import import_official as run
 
     if not out:
         raise ValueError("--out is required")

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from jowa_cli.common import emit_json, handle_errors
-from jowa_core.learning import (
+from jowa_core.progress import make_reporter
+from jowa_core.recipes.learning import (
     DATA_STICKY_ACTIONS,
     EVAL_EPISODES,
     STAGE1_STEPS,
@@ -15,7 +16,6 @@ from jowa_core.learning import (
     TOKENIZER_STEPS,
     TRANSITIONS,
 )
-from jowa_core.progress import make_reporter
 
 
 @handle_errors
@@ -46,7 +46,7 @@ def learning_check(
     from rich.console import Console
     from rich.table import Table
 
-    from jowa_core.learning import run_learning_check
+    from jowa_core.recipes.learning import run_learning_check
 
     if not out:
         raise ValueError("--out is required")

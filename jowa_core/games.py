@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from jowa_core.constants import NUM_FULL_ACTIONS
+
 __all__ = [
     "FULL_ACTIONS",
     "BUILTIN_GAMES",
@@ -36,7 +38,6 @@ FULL_ACTIONS: tuple[str, ...] = (
     "UPFIRE", "RIGHTFIRE", "LEFTFIRE", "DOWNFIRE", "UPRIGHTFIRE", "UPLEFTFIRE", "DOWNRIGHTFIRE",
     "DOWNLEFTFIRE",
 )  # fmt: skip
-NUM_FULL_ACTIONS = 18
 PLANNING_HORIZON = 2  # paper Table 16: horizon 2 for every game
 
 SOURCES: dict[str, str] = {
@@ -412,13 +413,18 @@ def _build_games() -> dict[str, GameInfo]:
 GAMES: dict[str, GameInfo] = _build_games()  # the 60 DQN-Replay Atari games, task ids 0-59
 
 
-def _build_builtin() -> dict[str, GameInfo]:
-    from jowa_core.envs import catch
+# The built-in Catch game's facts the table needs (its rules live in ``jowa_core.envs.catch``, which reads these;
+# tests/test_catch.py checks the random return against the rules' exact dynamic programme).
+CATCH_ACTIONS: tuple[int, ...] = (0, 3, 4)  # NOOP, RIGHT, LEFT as full ALE action indices
+CATCH_BALLS = 10  # balls per episode: perfect play returns this
+CATCH_RANDOM_RETURN = 1.6667  # expected return of the uniform policy, rounded to 4 digits
 
+
+def _build_builtin() -> dict[str, GameInfo]:
     return {"Catch": GameInfo(
-        name="Catch", task_id=len(GAMES), rom="builtin:catch", minimal_actions=catch.ACTION_SET,
-        random=ReferenceScore(round(catch.random_policy_return(), 4), "builtin"),
-        human=ReferenceScore(float(catch.BALLS), "builtin"), beam_width=2, builtin=True,
+        name="Catch", task_id=len(GAMES), rom="builtin:catch", minimal_actions=CATCH_ACTIONS,
+        random=ReferenceScore(CATCH_RANDOM_RETURN, "builtin"),
+        human=ReferenceScore(float(CATCH_BALLS), "builtin"), beam_width=2, builtin=True,
     )}
 
 
@@ -496,6 +502,20 @@ def resolve(spec: str | Iterable[str]) -> list[str]:
     if not out:
         raise ValueError("no games selected")
     return list(out)
+
+
+def beam_width(game: str, beam: int | str | None = "auto") -> int:
+    """The beam width K to plan ``game`` with: ``None``/``"auto"`` -> the game's width (paper Table 16, else K=2
+    below 10 valid actions, 3 from 10); otherwise ``beam`` as a positive integer."""
+    if beam is None or str(beam).lower() == "auto":
+        return int(get(game).beam_width or 1)
+    try:
+        k = int(beam)
+    except (TypeError, ValueError):
+        raise ValueError(f"beam {beam!r}: expected a positive integer or 'auto'") from None
+    if k < 1:
+        raise ValueError(f"beam {k}: expected >= 1")
+    return k
 
 
 def task_ids(names: str | Iterable[str]) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from jowa_cli.main import app
-from jowa_core.planning.bench import _children, bench_plan
+from jowa_core.bench.plan import _children, bench_plan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

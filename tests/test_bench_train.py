@@ -12,15 +12,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
 
 from jowa_cli.main import app
-from jowa_core.config import from_dict
-from jowa_core.models.world_action import WorldActionConfig, WorldActionModel
-from jowa_core.train.bench import (
+from jowa_core.bench.train import (
     bench_train,
     forward_flops_per_segment,
     peak_tflops_for,
     synthetic_batch,
     train_flops_per_step,
 )
+from jowa_core.config import from_dict
+from jowa_core.models.world_action import WorldActionConfig, WorldActionModel
 from jowa_core.train.pretrain import TrainConfig, jowa_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -137,7 +137,7 @@ def test_cli_json_and_record(tmp_path):
 
 
 def test_out_of_memory_is_a_clear_error(monkeypatch):
-    import jowa_core.train.bench as bench
+    import jowa_core.bench.train as bench
 
     def oom_in(method, which):
         real = getattr(bench._Run, method)

@@ -147,3 +147,8 @@ def test_restart_dead_codes():
     restarted = codebook[3]
     assert any(torch.equal(restarted, z) for z in latents)
     assert torch.equal(codebook[[0, 1, 2, 4, 5]], torch.zeros(5, 2))
+
+
+def test_the_game_table_holds_the_rules_exact_random_return():
+    assert round(C.random_policy_return(), 4) == games.CATCH_RANDOM_RETURN
+    assert games.get("Catch").minimal_actions == C.ACTION_SET

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from jowa_core import games
 from jowa_core.config import from_dict
 from jowa_core.envs.atari import AtariEnv
-from jowa_core.evaluation.agent import Agent
+from jowa_core.evaluation.agent import Agent, AgentSettings
 from jowa_core.evaluation.envs import EvalSettings, VecAtari, rom_md5
 from jowa_core.evaluation.runner import evaluate, summarize
 from jowa_core.models.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer, save_tokenizer
@@ -303,7 +303,8 @@ def test_evaluate_end_to_end_writes_the_json(ckpts, tmp_path):
     model, tok = ckpts
     out = tmp_path / "scores.json"
     res = evaluate(model, tok, "SpaceInvaders,Pong", episodes=2, settings=EvalSettings(max_frames=48),
-                   beam="auto", horizon=2, plan=True, seed=3, device="cpu", out_json=out, backend="loop")
+                   agent=AgentSettings(beam="auto", horizon=2, plan=True), seed=3, device="cpu", out_json=out,
+                   backend="loop")
     on_disk = json.loads(out.read_text())
     assert on_disk["games"] == json.loads(json.dumps(res["games"]))
     assert on_disk["format"] == "jowa-eval" and on_disk["jowa_version"] and on_disk["date"]
@@ -340,8 +341,9 @@ def test_torchrun_shares_episodes_and_rank0_merges(ckpts, tmp_path):
         "import sys\n"
         "from jowa_core.evaluation.runner import evaluate\n"
         "from jowa_core.evaluation.envs import EvalSettings\n"
+        "from jowa_core.evaluation.agent import AgentSettings\n"
         f"evaluate({str(model)!r}, {str(tok)!r}, 'Pong,Breakout', episodes=3, settings=EvalSettings(max_frames=40),"
-        " plan=False, device='cpu', out_json=sys.argv[1], backend='loop')\n")
+        " agent=AgentSettings(plan=False), device='cpu', out_json=sys.argv[1], backend='loop')\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
     out = tmp_path / "dist.json"
@@ -351,8 +353,8 @@ def test_torchrun_shares_episodes_and_rank0_merges(ckpts, tmp_path):
     dist = json.loads(out.read_text())
     assert dist["world_size"] == 2 and len(dist["throughput"]["per_rank"]) == 2
     assert sorted(c["rank"] for c in dist["throughput"]["per_rank"]) == [0, 1]
-    single = evaluate(model, tok, "Pong,Breakout", episodes=3, settings=EvalSettings(max_frames=40), plan=False,
-                      device="cpu", backend="loop")
+    single = evaluate(model, tok, "Pong,Breakout", episodes=3, settings=EvalSettings(max_frames=40),
+                      agent=AgentSettings(plan=False), device="cpu", backend="loop")
     for g in ("Pong", "Breakout"):
         d, s = dist["games"][g]["episodes"], single["games"][g]["episodes"]
         assert [e["episode"] for e in d] == [0, 1, 2]
@@ -401,8 +403,8 @@ def test_a_model_refuses_a_tokenizer_other_than_its_tokens(tmp_path, ckpts):
     assert "another tokenizer" in r.output and not out.exists()
     (trained / "checkpoint.json").write_text(json.dumps({**meta, "tokens_tokenizer_sha256": sha256(
         tok / "model.safetensors")}))
-    res = evaluate(trained, tok, "Pong", episodes=1, settings=EvalSettings(max_frames=8), plan=False, device="cpu",
-                   backend="loop")
+    res = evaluate(trained, tok, "Pong", episodes=1, settings=EvalSettings(max_frames=8),
+                   agent=AgentSettings(plan=False), device="cpu", backend="loop")
     assert res["games"]["Pong"]["episodes"][0]["length"] == 2
 
 
@@ -423,8 +425,8 @@ def test_evaluate_with_mcts_planner_records_it(tmp_path, ckpts):
     from jowa_core.evaluation.runner import evaluate
 
     model_dir, tok_dir = ckpts
-    res = evaluate(model_dir, tok_dir, ["Pong"], episodes=1, settings=EvalSettings(max_frames=40), beam=2, horizon=1,
-                   device="cpu", planner="mcts")
+    res = evaluate(model_dir, tok_dir, ["Pong"], episodes=1, settings=EvalSettings(max_frames=40),
+                   agent=AgentSettings(beam=2, horizon=1, planner="mcts"), device="cpu")
     assert res["agent"]["planner"] == "mcts"
     assert res["games"]["Pong"]["episodes"][0]["length"] == 10
 
@@ -436,8 +438,8 @@ def test_evaluate_writes_videos_of_chosen_episodes(tmp_path, ckpts):
     from jowa_core.evaluation.runner import evaluate
 
     model_dir, tok_dir = ckpts
-    res = evaluate(model_dir, tok_dir, ["Pong"], episodes=2, settings=EvalSettings(max_frames=48), plan=False,
-                   device="cpu", video_dir=tmp_path / "videos", video_episodes=[1])
+    res = evaluate(model_dir, tok_dir, ["Pong"], episodes=2, settings=EvalSettings(max_frames=48),
+                   agent=AgentSettings(plan=False), device="cpu", video_dir=tmp_path / "videos", video_episodes=[1])
     eps = res["games"]["Pong"]["episodes"]
     assert "video" not in eps[0] and eps[1]["video"].endswith("Pong_episode1.mp4")
     cap = cv2.VideoCapture(eps[1]["video"])

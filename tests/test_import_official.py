@@ -21,7 +21,7 @@ import typer
 from typer.testing import CliRunner
 
 from jowa_cli.import_cmd import import_official as import_cli
-from jowa_core.convert_official import (
+from jowa_core.interop.official import (
     OfficialFormatError,
     convert_tokenizer,
     convert_world_model,

@@ -16,8 +16,8 @@ import math
 import pytest
 
 from jowa_core.envs import catch
-from jowa_core.learning import _stats, run_learning_check, versus_greedy
 from jowa_core.progress import NullReporter
+from jowa_core.recipes.learning import _stats, run_learning_check, versus_greedy
 
 MIN_GREEDY = 3.0  # mean return over 32 episodes; random (exact) 1.67, perfect 10
 MIN_PLAN = 3.0

@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import queue as queue_mod
-import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from jowa_core import games as _games
+from jowa_core.constants import jowa_version
 from jowa_core.data.dopamine_writer import STACK_SIZE, LoggedReplayWriter
 from jowa_core.envs import make_env
 from jowa_core.envs.atari import AtariSettings
@@ -97,20 +97,6 @@ def check_policy(name: str) -> None:
 # --------------------------------------------------------------------------------------------------
 # Versions
 # --------------------------------------------------------------------------------------------------
-def jowa_version() -> str:
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-
-        return version("jowa")
-    except PackageNotFoundError:
-        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
-        try:
-            m = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(), re.M)
-        except OSError:
-            m = None
-        return f"{m.group(1)}+src" if m else "unknown"
-
-
 def _ale_version() -> str:
     import ale_py
 

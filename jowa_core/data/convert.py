@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from jowa_core import games
+from jowa_core.constants import jowa_version
 from jowa_core.data import store as st
 from jowa_core.data.dopamine import Checkpoint, Source, SourceError, iter_frames, load_add_count, load_checkpoint
 from jowa_core.data.stream import (
@@ -526,7 +527,7 @@ def _prepare_game(source, name, opts, out_root, reporter, pool, queue) -> dict[s
     plan.provenance["warnings"] = warnings
     plan.provenance["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     plan.provenance["fingerprint"] = plan.fingerprint
-    plan.provenance["jowa_version"] = _version()
+    plan.provenance["jowa_version"] = jowa_version()
     st.write_attrs_json(partial, {"provenance": plan.provenance})
     st.publish(partial, final)
     shutil.rmtree(jobs_dir, ignore_errors=True)
@@ -601,12 +602,3 @@ def _discard(partial: Path, jobs_dir: Path) -> None:
     for p in (partial, jobs_dir):
         if p.exists():
             shutil.rmtree(p)
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("jowa")
-    except Exception:  # noqa: BLE001
-        return "unknown"

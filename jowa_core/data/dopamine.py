@@ -19,6 +19,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from jowa_core.constants import FRAME_SHAPE
+
 try:  # ISA-L's gzip is ~2x faster than zlib; optional (`pip install jowa[fast-gzip]`)
     from isal import igzip as _gzip_impl
 except ImportError:  # pragma: no cover - depends on the environment
@@ -27,7 +29,6 @@ except ImportError:  # pragma: no cover - depends on the environment
 STORE_PREFIX = "$store$_"
 MEMBERS = ("observation", "action", "reward", "terminal", "add_count", "invalid_range")
 _FILE_RE = re.compile(r"^(?:\$store\$_)?(observation|action|reward|terminal|add_count|invalid_range)_ckpt\.(\d+)\.gz$")
-FRAME_SHAPE = (84, 84)
 
 
 class SourceError(ValueError):

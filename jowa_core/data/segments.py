@@ -29,10 +29,10 @@ import torch
 import zarr
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from jowa_core.constants import NUM_FULL_ACTIONS, OBS_TOKENS, TOKENS_PER_OBS
 from jowa_core.data.store import FRAME_BYTES, FRAME_SHAPE, GameStore, StoreError, list_stores, open_store
+from jowa_core.data.tokenize import existing_tokens_attrs
 
-NUM_FULL_ACTIONS = 18
-TOKENS_PER_OBS = 36
 Observations = Literal["frames", "tokens", "none"]
 EpochLength = Literal["total", "max"] | int
 
@@ -292,8 +292,6 @@ def _as_store(s: GameStore | str | os.PathLike) -> GameStore:
 def tokens_tokenizer(stores: Sequence[GameStore]) -> str | None:
     """sha256 of the tokenizer whose ``obs_tokens`` the stores hold (``jowa tokenize`` records it); None when no
     store records one. Stores tokenized by different tokenizers cannot train one model: that is an error."""
-    from jowa_core.data.tokenize import existing_tokens_attrs
-
     shas: dict[str, str] = {}
     for st in stores:
         sha = (existing_tokens_attrs(st.path) or {}).get("tokenizer_sha256")
@@ -309,9 +307,9 @@ def tokens_tokenizer(stores: Sequence[GameStore]) -> str | None:
 def load_obs_tokens(store: GameStore) -> np.ndarray:
     """The store's ``obs_tokens`` (N, 36) int16, fully in memory."""
     group = zarr.open_group(str(store.path), mode="r", zarr_format=3)
-    if "obs_tokens" not in group:
+    if OBS_TOKENS not in group:
         raise StoreError(f"{store.path}: no obs_tokens array; tokenize the store first")
-    tokens = group["obs_tokens"][:]
+    tokens = group[OBS_TOKENS][:]
     if tokens.shape != (store.num_steps, TOKENS_PER_OBS):
         raise StoreError(f"{store.path}/obs_tokens: shape {tokens.shape}, expected ({store.num_steps}, 36)")
     return tokens

@@ -32,9 +32,10 @@ import zarr
 import zstandard
 from zarr.codecs import ZstdCodec
 
+from jowa_core import games
+from jowa_core.constants import FRAME_BYTES, FRAME_SHAPE
+
 FORMAT_VERSION = 1
-FRAME_SHAPE = (84, 84)
-FRAME_BYTES = FRAME_SHAPE[0] * FRAME_SHAPE[1]
 OBS_CHUNK_FRAMES = 4  # a random 8-step segment touches 2-3 chunks: little decoded in vain
 OBS_SHARD_FRAMES = 8192  # ~1,200 files per 10M frames; a shard is ~58 MB raw, ~3 MB compressed
 ZSTD_LEVEL = 3
@@ -176,8 +177,6 @@ def write_store(
 
     For small stores (tests, emulator data); ``prepare-data`` streams instead.
     """
-    from jowa_core import games  # local import: games is a leaf module, store must stay importable alone
-
     path = Path(path)
     info = games.get(game)
     partial = path.with_name(f".{path.name}.partial")

@@ -33,15 +33,15 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from jowa_core.config import to_dict
+from jowa_core.constants import OBS_TOKENS, TOKENS_PER_OBS, jowa_version
 from jowa_core.data.store import StoreError, list_stores, open_store
 from jowa_core.devices import pick_device
 from jowa_core.models.tokenizer import fingerprint as tokenizer_fingerprint
 from jowa_core.models.tokenizer import load_tokenizer, resolve_tokenizer
 from jowa_core.progress import NullReporter, Reporter
 
-ARRAY = "obs_tokens"
+ARRAY = OBS_TOKENS
 TOKEN_CHUNK_ROWS = 65536  # 4.7 MB raw per chunk; the resume granularity
-TOKENS_PER_OBS = 36
 
 
 class TokenizeError(ValueError):
@@ -73,15 +73,6 @@ def _resolve_device(name: str) -> torch.device:
         return pick_device(name)
     except ValueError as e:
         raise TokenizeError(str(e)) from None
-
-
-def _version() -> str:
-    try:
-        from jowa_core.data.collect import jowa_version
-
-        return jowa_version()
-    except Exception:  # noqa: BLE001 - provenance only
-        return "unknown"
 
 
 def _open_partial(path: Path, n: int, meta: dict[str, Any]) -> tuple[zarr.Array, int]:
@@ -212,7 +203,7 @@ def tokenize_stores(
                 encoded_frames += c1 - c0
             attrs = dict(arr.attrs)
             attrs.pop("done_rows", None)
-            attrs.update(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), jowa_version=_version())
+            attrs.update(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), jowa_version=jowa_version())
             arr.attrs.put(attrs)
             _publish(partial, st.path)
             secs = time.perf_counter() - t0

@@ -24,14 +24,17 @@ from typing import Any
 
 import numpy as np
 
+from jowa_core import games
+from jowa_core.envs.atari import AtariSettings
+
 __all__ = ["ACTION_SET", "BALLS", "FALL", "GRID", "RULES", "RULES_MD5", "CatchEnv", "all_states",
            "random_policy_return", "render"]
 
 GRID = 6  # cells per side
 CELL = 14  # pixels per cell: GRID * CELL = 84
 FALL = GRID - 1  # steps from the top row to the bottom row
-BALLS = 10  # balls per episode
-ACTION_SET = (0, 3, 4)  # NOOP, RIGHT, LEFT as full ALE action indices
+BALLS = games.CATCH_BALLS  # balls per episode
+ACTION_SET = games.CATCH_ACTIONS  # NOOP, RIGHT, LEFT as full ALE action indices
 _MOVES = np.array([0, 1, -1])  # paddle column change per minimal action
 BALL_VALUE, PADDLE_VALUE = 255, 128
 RULES = (f"jowa-catch-v2 grid={GRID} cell={CELL} balls={BALLS} actions={ACTION_SET} ball={BALL_VALUE} "
@@ -77,9 +80,6 @@ class CatchEnv:
     (0 NOOP, 1 RIGHT, 2 LEFT)."""
 
     def __init__(self, game: str = "Catch", settings: Any = None, seed: int = 0):
-        from jowa_core import games
-        from jowa_core.envs.atari import AtariSettings
-
         self.info = games.get(game)
         self.settings = settings = settings or AtariSettings()
         if not 0 <= int(seed) < 2**31:

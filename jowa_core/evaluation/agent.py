@@ -26,11 +26,38 @@ from jowa_core import games as _games
 from jowa_core.models.tokenizer import Tokenizer
 from jowa_core.models.world_action import WorldActionModel, segment_tokens
 from jowa_core.planning import DEFAULT_REWARD_MODE, check_reward_mode
-from jowa_core.planning.beam import default_history
+from jowa_core.planning.beam import default_history, plan
 
-__all__ = ["Agent", "AgentStats"]
+__all__ = ["Agent", "AgentSettings", "AgentStats"]
 
 Planner = Callable[..., object]  # plan(model, tokens, tasks, action_mask, beam=, horizon=, gamma=) -> .action
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """How the agent decides: one object for ``evaluate`` (and ``jowa evaluate``'s options of the same names)."""
+
+    plan: bool = True  # False: greedy on Q̂, no imagination
+    planner: str = "beam"  # beam (batched beam search) | mcts (K^2 (H-1) + K simulations, for comparison)
+    beam: int | str = "auto"  # K, or auto: the game's width (paper Table 16; games.beam_width)
+    horizon: int = _games.PLANNING_HORIZON  # imagined steps H
+    history: int | None = None  # context steps; None: the most that fits (see Agent)
+    gamma: float | None = None  # planner discount; None: the checkpoint's (its metadata), else 0.99
+    reward_mode: str = DEFAULT_REWARD_MODE  # imagined rewards: expected (paper eq. 12) | mode (official)
+    precision: str = "fp32"  # world-action weights: fp32 | bf16
+    max_batch: int = 64  # environments per planner call
+    q_dropout: str = "off"  # off (ours, intended) | official: Q-head dropout stays on, as the official code
+
+    def __post_init__(self) -> None:
+        if self.planner not in ("beam", "mcts"):
+            raise ValueError(f"planner must be beam or mcts, got {self.planner!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.q_dropout not in ("off", "official"):
+            raise ValueError(f"q_dropout must be off or official, got {self.q_dropout!r}")
+        if self.gamma is not None and not 0.0 <= float(self.gamma) <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        check_reward_mode(self.reward_mode)
 
 
 @dataclass
@@ -42,8 +69,6 @@ class AgentStats:
 
 
 def _default_planner() -> Planner:
-    from jowa_core.planning.beam import plan
-
     return plan
 
 
@@ -87,13 +112,7 @@ class Agent:
             raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
         if int(max_batch) < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        if beam == "auto":
-            beams = [int(i.beam_width or 1) for i in infos]
-        else:
-            try:
-                beams = [int(beam)] * n
-            except (TypeError, ValueError):
-                raise ValueError(f"beam must be an int or 'auto', got {beam!r}") from None
+        beams = [_games.beam_width(i.name, beam) for i in infos]
         self.plan = bool(plan) and int(horizon) > 0 and max(beams) > 1
         self.horizon = int(horizon) if self.plan else 0
         self.beams = np.array(beams if self.plan else [1] * n, dtype=np.int64)

@@ -35,6 +35,7 @@ from jowa_core import games as _games
 from jowa_core.config import from_dict
 from jowa_core.envs import make_env
 from jowa_core.envs.atari import AtariSettings
+from jowa_core.envs.catch import RULES_MD5
 
 __all__ = ["BACKENDS", "EvalSettings", "VecAtari", "rom_md5"]
 
@@ -107,8 +108,6 @@ def rom_md5(game: str) -> str:
 
     info = _games.get(game)
     if info.builtin:
-        from jowa_core.envs.catch import RULES_MD5
-
         return RULES_MD5
     path = roms.get_rom_path(info.rom)
     if path is None:

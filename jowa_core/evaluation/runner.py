@@ -9,7 +9,6 @@ seeded by (that seed, the game's task id).
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import platform
 import time
 import warnings
@@ -22,27 +21,23 @@ import torch
 import torch.distributed as tdist
 
 from jowa_core import checkpoint as ckpt
+from jowa_core import dist as _dist
 from jowa_core import games as _games
 from jowa_core.checkpoint import sha256_file
-from jowa_core.evaluation.agent import Agent
+from jowa_core.constants import jowa_version
+from jowa_core.evaluation.agent import Agent, AgentSettings
 from jowa_core.evaluation.envs import EvalSettings, VecAtari, rom_md5
-from jowa_core.planning import DEFAULT_REWARD_MODE
+from jowa_core.evaluation.metrics import iqm
+from jowa_core.models.tokenizer import fingerprint, load_tokenizer, weights_file
+from jowa_core.models.world_action import load_world_action, official_q_dropout
+from jowa_core.planning.mcts import plan_mcts
 from jowa_core.progress import NullReporter, Reporter
 
 __all__ = ["FORMAT", "evaluate", "sha256_file", "summarize"]
 
 FORMAT = "jowa-eval"
 VERSION = 1
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def _jowa_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("jowa")
-    except Exception:  # noqa: BLE001 - not installed as a distribution
-        return "unknown"
+_DTYPES = {"fp32": ("float32", torch.float32), "bf16": ("bfloat16", torch.bfloat16)}  # precision -> JSON name
 
 
 def _device_name(device: torch.device) -> str:
@@ -56,10 +51,8 @@ def summarize(returns: Sequence[float]) -> dict[str, float | None]:
     x = np.sort(np.asarray(returns, dtype=np.float64))
     if x.size == 0:
         return {"mean": None, "std": None, "min": None, "max": None, "median": None, "iqm": None}
-    cut = int(math.floor(0.25 * x.size))
-    mid = x[cut:x.size - cut] if x.size - 2 * cut > 0 else x
     return {"mean": float(x.mean()), "std": float(x.std()), "min": float(x[0]), "max": float(x[-1]),
-            "median": float(np.median(x)), "iqm": float(mid.mean())}
+            "median": float(np.median(x)), "iqm": float(iqm(x))}
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: int = 15, scale: int = 4) -> None:
@@ -144,37 +137,27 @@ def _play(model, tokenizer, items: list[dict], settings: EvalSettings, agent_kw:
 
 
 def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Sequence[str] = "atari15",
-             episodes: int = 16, settings: EvalSettings | None = None, beam: int | str = "auto",
-             horizon: int = _games.PLANNING_HORIZON, history: int | None = None, plan: bool = True, seed: int = 0,
-             device: str = "auto", out_json: str | Path | None = None, reporter: Reporter | None = None,
-             backend: str = "auto", max_batch: int = 64, dtype: str = "float32",
-             planner: str = "beam", video_dir: str | Path | None = None,
-             video_episodes: Sequence[int] = (0,), gamma: float | None = None,
-             reward_mode: str = DEFAULT_REWARD_MODE) -> dict[str, Any]:
+             episodes: int = 16, *, agent: AgentSettings | None = None, settings: EvalSettings | None = None,
+             seed: int = 0, device: str = "auto", backend: str = "auto", out_json: str | Path | None = None,
+             video_dir: str | Path | None = None, video_episodes: Sequence[int] = (0,),
+             reporter: Reporter | None = None) -> dict[str, Any]:
     """Evaluate a world-action checkpoint (a checkpoint or run directory) with a tokenizer on ``games`` (names or
     groups, see ``games.resolve``), ``episodes`` per game; returns (and writes to ``out_json``) the result dict.
 
-    ``beam`` int or "auto" (per-game paper widths), ``horizon`` imagined steps, ``history`` context steps (None:
-    the most that fits), ``plan=False`` greedy on Q̂. ``dtype`` of the world-action model's weights.
-    ``planner``: "beam" (batched beam search) or "mcts" (MCTS with K^2 (H-1) + K simulations, for comparison).
+    ``agent``: how actions are chosen (planning or greedy, beam, horizon, history, discount, precision; see
+    ``AgentSettings``); ``settings``: the environment protocol (paper Table 15; ``EvalSettings``); ``backend``:
+    ale-py's vector environment or one process of plain environments (``VecAtari``).
     ``video_dir``: write an MP4 of the agent's observations for episodes ``video_episodes`` of every game.
-    ``gamma``: the planner's discount; None = the one the checkpoint was trained with (``gamma`` in its metadata),
-    else the paper's 0.99. ``reward_mode``: imagined rewards as their expectation ("expected", default) or the
-    mode ("mode", official).
     """
-    from jowa_core.models.tokenizer import fingerprint, load_tokenizer, weights_file
-    from jowa_core.models.world_action import load_world_action
-    from jowa_core.train import dist as _dist
-
     settings = settings or EvalSettings()
     reporter = reporter or NullReporter()
     names = _games.resolve(games)
     if int(episodes) < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    if planner not in ("beam", "mcts"):
-        raise ValueError(f"planner must be beam or mcts, got {planner!r}")
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    agent = agent or AgentSettings()
+    if agent.beam != "auto":
+        for g in names:
+            _games.beam_width(g, agent.beam)  # a bad beam fails before anything loads
     if int(seed) < 0 or int(seed) + int(episodes) > 2**31:
         raise ValueError(f"seed must be in [0, 2**31 - episodes), got {seed}")
     owns_group = not (tdist.is_available() and tdist.is_initialized())
@@ -182,18 +165,17 @@ def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Se
     try:
         model_dir = ckpt.resolve(model_path, "world_action")
         model, meta = load_world_action(str(model_dir), ctx.device)
-        model = model.to(_DTYPES[dtype])
+        model = model.to(_DTYPES[agent.precision][1])
+        official_q_dropout(model, agent.q_dropout == "official")
         tokenizer = load_tokenizer(tokenizer_path, ctx.device)
         tokenizer_sha256 = fingerprint(tokenizer_path)
         ckpt.check_tokens_tokenizer(meta, tokenizer_sha256, model_dir, tokenizer_path)
         items = [{"game": g, "episode": e, "seed": int(seed) + e} for g in names for e in range(int(episodes))]
         mine = items[ctx.rank::ctx.world_size]
-        gamma = float(meta.get("gamma", 0.99)) if gamma is None else float(gamma)
-        agent_kw = {"plan": plan, "beam": beam, "horizon": horizon, "history": history, "max_batch": max_batch,
-                    "gamma": gamma, "reward_mode": reward_mode}
-        if planner == "mcts":
-            from jowa_core.planning.mcts import plan_mcts
-
+        gamma = float(meta.get("gamma", 0.99)) if agent.gamma is None else float(agent.gamma)
+        agent_kw = {"plan": agent.plan, "beam": agent.beam, "horizon": agent.horizon, "history": agent.history,
+                    "max_batch": agent.max_batch, "gamma": gamma, "reward_mode": agent.reward_mode}
+        if agent.planner == "mcts":
             agent_kw["planner"] = plan_mcts
         date = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         if video_dir is not None:
@@ -215,7 +197,7 @@ def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Se
         elapsed = max(c["elapsed_s"] for c in per_rank)
         ref = next((c for c in per_rank if "history" in c), {})
         result: dict[str, Any] = {
-            "format": FORMAT, "version": VERSION, "jowa_version": _jowa_version(), "date": date,
+            "format": FORMAT, "version": VERSION, "jowa_version": jowa_version(), "date": date,
             "device": counters["device"], "world_size": ctx.world_size, "torch": torch.__version__,
             "checkpoint": {"path": str(model_path), "resolved": str(model_dir),
                            "sha256": sha256_file(model_dir / ckpt.WEIGHTS), "step": meta.get("step"),
@@ -223,11 +205,12 @@ def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Se
             "tokenizer": {"path": str(tokenizer_path), "resolved": str(weights_file(tokenizer_path)),
                           "sha256": tokenizer_sha256},
             "settings": settings.to_dict(),
-            "agent": {"plan": ref.get("plan", plan), "beam": beam, "horizon": ref.get("horizon", horizon),
-                      "history": ref.get("history", history), "history_requested": history, "gamma": gamma,
-                      "reward_mode": reward_mode,
-                      "epsilon": settings.epsilon, "dtype": dtype, "max_batch": max_batch, "seed": int(seed),
-                      "planner": planner if plan else "greedy",
+            "agent": {"plan": ref.get("plan", agent.plan), "beam": agent.beam,
+                      "horizon": ref.get("horizon", agent.horizon), "history": ref.get("history", agent.history),
+                      "history_requested": agent.history, "gamma": gamma, "reward_mode": agent.reward_mode,
+                      "epsilon": settings.epsilon, "dtype": _DTYPES[agent.precision][0], "max_batch": agent.max_batch,
+                      "seed": int(seed), "planner": agent.planner if agent.plan else "greedy",
+                      **({"q_dropout": "official"} if agent.q_dropout == "official" else {}),
                       "env_backend": backend},
             "roms": {g: rom_md5(g) for g in names},
             "episodes_per_game": int(episodes),
@@ -244,7 +227,7 @@ def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Se
         for g in names:
             recs = [r for r in records if r["game"] == g]
             info = _games.get(g)
-            beam_g = info.beam_width if beam == "auto" else int(beam)
+            beam_g = _games.beam_width(g, agent.beam)
             result["games"][g] = {"task_id": info.task_id, "beam": beam_g if result["agent"]["plan"] else None,
                                   **summarize([r["return"] for r in recs]),
                                   "raw_scores": [r["return"] for r in recs],

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from jowa_core.checkpoint import CheckpointError
+from jowa_core.models.tokenizer import load_state_dict_checked, read_state_file, strip_official_prefix
 
 CHANNELS = (64, 128, 256, 512, 512)
 # torchvision vgg16 `features`: conv widths, "M" = max pool; slices end after relu1_2/2_2/3_3/4_3/5_3.
@@ -137,8 +138,6 @@ def _from_torchvision(key: str) -> str | None:
 
 def _lpips_state(raw: dict[str, Tensor]) -> dict[str, Tensor]:
     """The LPIPS entries of one state dict, under LPIPS's own names."""
-    from jowa_core.models.tokenizer import strip_official_prefix
-
     state = strip_official_prefix(raw)
     if any(k.startswith("lpips.") for k in state):  # a whole tokenizer (official tokenizer.pt)
         return {k[len("lpips."):]: v for k, v in state.items() if k.startswith("lpips.")}
@@ -157,8 +156,6 @@ def load_lpips(path: str | Path | Sequence[str | Path], device: str | torch.devi
     files whose entries are merged (later files win). An incomplete set raises ``CheckpointError`` naming
     the file(s) and the missing keys.
     """
-    from jowa_core.models.tokenizer import load_state_dict_checked, read_state_file
-
     paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
     if not paths:
         raise CheckpointError("load_lpips: no weights file given")

@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from jowa_core import checkpoint as ckpt
+from jowa_core.config import from_dict, to_dict
+from jowa_core.constants import NUM_FULL_ACTIONS, TOKENS_PER_OBS
+from jowa_core.models.losses import expected_q
 from jowa_core.models.transformer import KVCache, Transformer
-
-NUM_FULL_ACTIONS = 18
-TOKENS_PER_OBS = 36
 
 
 @dataclass
@@ -98,6 +99,9 @@ class QEnsemble(nn.Module):
     def __init__(self, num_q: int, embed_dim: int, mlp_dim: int, out_dim: int, dropout: float):
         super().__init__()
         self.num_q, self.out_dim, self.dropout = num_q, out_dim, dropout
+        # True reproduces the official code, whose Q-head dropout never switches off (evaluation, beam search and
+        # TD targets included; reference §2.5). Not saved with the weights; see ``official_q_dropout``.
+        self.always_dropout = False
 
         def linear(n_out: int, n_in: int) -> tuple[nn.Parameter, nn.Parameter]:
             bound = 1.0 / math.sqrt(n_in)
@@ -119,7 +123,7 @@ class QEnsemble(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(N, E) -> (num_q, N, out_dim)."""
         h = torch.einsum("ne,qme->qnm", x, self.w1) + self.b1[:, None]
-        h = F.dropout(h, self.dropout, self.training)  # independent masks per member
+        h = F.dropout(h, self.dropout, self.training or self.always_dropout)  # independent masks per member
         h = self._norm_mish(h, self.ln1_w, self.ln1_b)
         h = torch.einsum("qnm,qkm->qnk", h, self.w2) + self.b2[:, None]
         h = self._norm_mish(h, self.ln2_w, self.ln2_b)
@@ -248,8 +252,15 @@ class WorldActionModel(nn.Module):
 
     def q_values(self, q_logits: Tensor) -> Tensor:
         """Expected Q (..., A) from (num_q, ..., A, Z) logits: the mean of per-member softmaxes · support."""
-        probs = q_logits.float().softmax(-1).mean(0)
-        return probs @ self.support.float()
+        return expected_q(q_logits.float(), self.support)
+
+
+def official_q_dropout(model: WorldActionModel, on: bool = True) -> WorldActionModel:
+    """Make the Q heads apply their Dropout(``q_dropout``) in eval mode too, as the official code does by accident
+    (its vmapped ensemble never sees ``.eval()``): for score parity with the released raw scores. Returns ``model``."""
+    model.head_q.always_dropout = on
+    model.head_q_target.always_dropout = on
+    return model
 
 
 def segment_tokens(obs_tokens: Tensor, actions: Tensor) -> Tensor:
@@ -263,9 +274,6 @@ def build_model(cfg: WorldActionConfig) -> WorldActionModel:
 
 def load_world_action(path: str, device: torch.device | str = "cpu") -> tuple[WorldActionModel, dict]:
     """A model (in eval mode) and its checkpoint metadata, from a checkpoint or run directory."""
-    from jowa_core import checkpoint as ckpt
-    from jowa_core.config import from_dict
-
     meta, tensors = ckpt.load_model(path, "world_action")
     model = WorldActionModel(from_dict(WorldActionConfig, meta["config"]))
     missing, unexpected = model.load_state_dict(tensors, strict=False)
@@ -277,7 +285,4 @@ def load_world_action(path: str, device: torch.device | str = "cpu") -> tuple[Wo
 
 def save_world_action(model: WorldActionModel, path: str, **extra) -> None:
     """A model-only checkpoint directory (weights including the target head, and the config)."""
-    from jowa_core import checkpoint as ckpt
-    from jowa_core.config import to_dict
-
     ckpt.save_model(path, "world_action", to_dict(model.cfg), model.state_dict(), **extra)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from jowa_core import games as _games
+from jowa_core.envs import make_env
 from jowa_core.models.tokenizer import Tokenizer
 from jowa_core.models.world_action import WorldActionModel, segment_tokens
 from jowa_core.planning import DEFAULT_REWARD_MODE
@@ -30,19 +31,6 @@ def max_history(model: WorldActionModel, beam: int, horizon: int) -> int:
     """Most steps of context (the current one included) that leave room for ``horizon`` imagined steps."""
     greedy = beam <= 1 or horizon <= 0
     return model.cfg.max_steps - (0 if greedy else horizon)
-
-
-def resolve_beam(game: str, beam: int | str | None) -> int:
-    """``None``/``"auto"`` -> the game's beam width (paper Table 16, else K=2 below 10 actions, 3 from 10)."""
-    if beam is None or str(beam).lower() == "auto":
-        return int(_games.get(game).beam_width)
-    try:
-        k = int(beam)
-    except ValueError:
-        raise ValueError(f"--beam {beam!r}: expected a positive integer or 'auto'") from None
-    if k < 1:
-        raise ValueError(f"--beam {k}: expected >= 1")
-    return k
 
 
 def _name(a: int) -> str:
@@ -88,8 +76,6 @@ def store_context(store, index: int, history: int) -> dict[str, Any]:
 def live_context(game: str, seed: int, history: int, steps: int = DEFAULT_LIVE_STEPS) -> dict[str, Any]:
     """Reset an ALE game (Dopamine preprocessing) with ``seed``, play ``steps`` uniformly random actions of its
     minimal set (the first half no-ops, to let the game start), and keep the last ``history`` steps."""
-    from jowa_core.envs import make_env
-
     info = _games.get(game)
     env = make_env(info.name, seed=seed)
     rng = np.random.default_rng(seed)
@@ -148,7 +134,7 @@ def inspect_state(model: WorldActionModel, tokenizer: Tokenizer, game: str | Non
     elif game is None:
         raise ValueError("give --game for a live game (or --store)")
     info = _games.get(game)
-    K = resolve_beam(info.name, beam)
+    K = _games.beam_width(info.name, beam)
     H = int(horizon)
     if H < 0:
         raise ValueError(f"--horizon {H}: expected >= 0")

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from jowa_core import checkpoint as ckpt
+from jowa_core import dist as jdist
 from jowa_core import games as _games
 from jowa_core.config import read_yaml, save_yaml, to_dict
 from jowa_core.data.segments import make_loader
@@ -41,7 +42,6 @@ from jowa_core.models.tokenizer import fingerprint, load_tokenizer, save_tokeniz
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, load_world_action, segment_tokens
 from jowa_core.planning.beam import PlanResult, plan
 from jowa_core.progress import NullReporter
-from jowa_core.train import dist as jdist
 from jowa_core.train.pretrain import (
     JointTokenizer,
     TrainConfig,

@@ -28,13 +28,15 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from jowa_core import checkpoint as ckpt
+from jowa_core import dist as jdist
 from jowa_core.config import from_dict, save_yaml, to_dict
 from jowa_core.data.segments import make_loader
 from jowa_core.games import resolve as resolve_games
 from jowa_core.models.losses import cql_loss, expected_q, td_loss, world_losses
+from jowa_core.models.lpips import load_lpips
+from jowa_core.models.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer, save_tokenizer
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, segment_tokens
 from jowa_core.progress import NullReporter
-from jowa_core.train import dist as jdist
 from jowa_core.train.step import optimizer_step
 
 
@@ -250,8 +252,6 @@ class JointTokenizer:
         self.opt = torch.optim.Adam(tokenizer.parameters(), lr=cfg.tokenizer_lr)
         self.perceptual = None
         if cfg.perceptual_weights:
-            from jowa_core.models.lpips import load_lpips
-
             self.perceptual = load_lpips(cfg.perceptual_weights, device=ctx.device)
 
     def step(self, frames: Tensor, valid: Tensor) -> dict[str, Tensor]:
@@ -405,8 +405,6 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
     if joint and tcfg.tokenizer_batch_size % ctx.world_size:
         raise ValueError(f"train.tokenizer_batch_size is not divisible by {ctx.world_size} processes")
     if dcfg.observations == "frames":
-        from jowa_core.models.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer
-
         if dcfg.tokenizer:
             tokenizer = load_tokenizer(dcfg.tokenizer, device=ctx.device)
         elif joint:  # trained from scratch in stage 1, as the official code
@@ -530,8 +528,6 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
                                    stage=state["stage"], games=dataset.games, gamma=cfg.train.gamma,
                                    tokens_tokenizer_sha256=dataset.tokens_tokenizer)
         if joint_tok is not None:
-            from jowa_core.models.tokenizer import save_tokenizer
-
             save_tokenizer(tokenizer, out / "final_tokenizer", step=step)
         reporter.log(f"final model: {final} (training checkpoint {latest})")
     return {"out": str(out), "step": step, "finished": step >= total_steps, "stage": state["stage"],

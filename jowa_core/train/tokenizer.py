@@ -40,6 +40,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from jowa_core import checkpoint as ckpt
+from jowa_core import games as registry
 from jowa_core.config import ConfigError, save_yaml, to_dict
 from jowa_core.data.store import FRAME_SHAPE, FrameReader, GameStore, StoreError, list_stores, open_store
 from jowa_core.devices import pick_device
@@ -126,8 +127,6 @@ def split_store(store: GameStore, heldout: int) -> GameFrames:
 def select_stores(data: str | os.PathLike, games: list[str] | None) -> list[GameStore]:
     stores = [open_store(p) for p in list_stores(data)]
     if games:
-        from jowa_core import games as registry
-
         wanted = registry.resolve(games)
         have = {s.game: s for s in stores}
         missing = [g for g in wanted if g not in have]

@@ -18,8 +18,19 @@ import numpy as np
 
 from jowa_core import games as _games
 from jowa_core.config import from_dict
+from jowa_core.data.collect import collect, write_scores_csv
+from jowa_core.data.convert import PrepareOptions, prepare_data
+from jowa_core.data.tokenize import tokenize_stores
 from jowa_core.envs import catch
+from jowa_core.envs.atari import AtariSettings
+from jowa_core.evaluation.agent import AgentSettings
+from jowa_core.evaluation.envs import EvalSettings
+from jowa_core.evaluation.report import build_report, load_results
+from jowa_core.evaluation.runner import evaluate
+from jowa_core.models.tokenizer import load_tokenizer
 from jowa_core.progress import Reporter, make_reporter
+from jowa_core.train.pretrain import PretrainConfig, pretrain
+from jowa_core.train.tokenizer import TokenizerTrainConfig, train_tokenizer
 
 GAME = "Catch"
 # A small VQ-VAE whose encoder has no attention and no ResNet blocks (each token then depends on its cell's 3x3
@@ -58,10 +69,10 @@ TRANSITIONS, TOKENIZER_STEPS, STAGE1_STEPS, STAGE2_STEPS, EVAL_EPISODES = 20_000
 EVAL_SEED = 1_000_000  # evaluation episodes use seeds EVAL_SEED + 1000 * seed + e, never the data's
 # Greedy on Q̂, beam search K=2 H=2 as `jowa evaluate` plans by default (expected imagined rewards), and the same
 # search reading imagined rewards as the official planner does (their mode).
-EVALUATIONS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("greedy", {"plan": False}),
-    ("plan", {"plan": True, "beam": 2, "horizon": 2}),
-    ("plan-mode", {"plan": True, "beam": 2, "horizon": 2, "reward_mode": "mode"}),
+EVALUATIONS: tuple[tuple[str, AgentSettings], ...] = (
+    ("greedy", AgentSettings(plan=False)),
+    ("plan", AgentSettings(plan=True, beam=2, horizon=2)),
+    ("plan-mode", AgentSettings(plan=True, beam=2, horizon=2, reward_mode="mode")),
 )
 NOISE_Z = 2.0  # "within noise": a planner's mean is at most this many standard errors of the difference below greedy
 
@@ -74,16 +85,6 @@ def run_learning_check(out: str | Path, seed: int = 0, transitions: int = TRANSI
     """Run the whole chain on Catch under ``out``; returns (and writes to ``out/summary.json``) the results:
     mean returns of the random policy (exact), the data, greedy-on-Q̂ and beam-search play, with 95% CIs.
     ``sticky_actions``: the data's repeat-action probability (evaluation never has them)."""
-    from jowa_core.data.collect import collect, write_scores_csv
-    from jowa_core.data.convert import PrepareOptions, prepare_data
-    from jowa_core.data.tokenize import tokenize_stores
-    from jowa_core.envs.atari import AtariSettings
-    from jowa_core.evaluation.envs import EvalSettings
-    from jowa_core.evaluation.report import build_report, load_results
-    from jowa_core.evaluation.runner import evaluate
-    from jowa_core.train.pretrain import PretrainConfig, pretrain
-    from jowa_core.train.tokenizer import TokenizerTrainConfig, train_tokenizer
-
     reporter = reporter or make_reporter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,11 +125,11 @@ def run_learning_check(out: str | Path, seed: int = 0, transitions: int = TRANSI
 
     settings = EvalSettings()
     results: dict[str, Any] = {}
-    for name, kw in EVALUATIONS:
+    for name, agent in EVALUATIONS:
         t0 = stage("evaluate", f"{name}: {eval_episodes} episodes")
         path = out / f"JOWA-TINY-{name}.json"
         res = evaluate(out / "pretrain", out / "tokenizer", [GAME], episodes=eval_episodes, settings=settings,
-                       seed=EVAL_SEED + 1000 * int(seed), device="cpu", out_json=path, reporter=reporter, **kw)
+                       seed=EVAL_SEED + 1000 * int(seed), device="cpu", out_json=path, reporter=reporter, agent=agent)
         results[name] = _stats(res["games"][GAME]["raw_scores"])
         results[name]["scores"] = str(path)
         timings[f"evaluate_{name}_s"] = time.perf_counter() - t0
@@ -164,7 +165,6 @@ def distinct_token_states(tokenizer: str | Path) -> int:
     """How many of Catch's 180 possible screens get distinct token sequences (180: the tokens lose nothing)."""
     import torch
 
-    from jowa_core.models.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer, "cpu")
     with torch.no_grad():

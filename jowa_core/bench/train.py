@@ -36,11 +36,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from jowa_core import games
+from jowa_core.bench.table import append_comparison, fmt_rate
 from jowa_core.config import apply_overrides, from_dict, to_dict
-from jowa_core.data.bench import fmt_rate
+from jowa_core.dist import pick_device
+from jowa_core.models import transformer
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel
 from jowa_core.progress import NullReporter
-from jowa_core.train.dist import pick_device
 from jowa_core.train.pretrain import TrainConfig, build_optimizer, jowa_loss, set_stage_lr
 from jowa_core.train.step import optimizer_step
 
@@ -138,8 +140,6 @@ def synthetic_batch(cfg: WorldActionConfig, batch_size: int, device: torch.devic
     """A batch shaped like the segment loader's: random observation tokens, actions valid in each row's game
     (BENCH_GAMES), rewards of both signs on ~10% of steps, and in ~1/8 of the segments a terminal step after
     which the remaining steps are padding (``valid`` False)."""
-    from jowa_core import games
-
     g = torch.Generator().manual_seed(seed)
     B, L = batch_size, cfg.max_steps
     infos = [games.get(name) for name in BENCH_GAMES]
@@ -174,8 +174,6 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def _attention_label(cfg: WorldActionConfig, device: torch.device, amp: bool) -> str:
-    from jowa_core.models import transformer
-
     if cfg.attention == "manual":
         return "manual (explicit softmax)"
     flash = transformer.flash_attn_func is not None and device.type == "cuda" and amp
@@ -495,7 +493,6 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
 
 def append_markdown(path: Path, r: dict[str, Any]) -> None:
     """Append a dated section (device, torch, command, table) to the Markdown file ``path``."""
-    from jowa_core.data.bench import append_comparison
 
     append_comparison(path, r, "Training throughput", "ours", "baseline: official-style (same run)", describe(r),
                       table_rows(r))

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from jowa_core import games as _games
+from jowa_core.bench.table import append_comparison, fmt_rate
 from jowa_core.config import from_dict
-from jowa_core.data.bench import fmt_rate
 from jowa_core.devices import pick_device
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, segment_tokens
 from jowa_core.planning.beam import plan
@@ -285,7 +285,6 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
 
 def append_markdown(path: Path, r: dict[str, Any]) -> None:
     """Append a dated section (device, torch, command, table) to the Markdown file ``path``."""
-    from jowa_core.data.bench import append_comparison
 
     append_comparison(path, r, "Planning throughput", "ours (batched beam search)",
                       "baseline: node by node (same run)", describe(r), table_rows(r))

@@ -24,12 +24,16 @@ from typing import Any
 
 import numpy as np
 
+from jowa_core.bench.table import append_section
+from jowa_core.data.dopamine_writer import LoggedReplayWriter
+from jowa_core.data.segments import benchmark_loader
+from jowa_core.data.store import open_store
+from jowa_core.envs.atari import AtariEnv, AtariSettings
+
 GAME = "SpaceInvaders"
 
 
 def _real_frames(n: int, seed: int = 0) -> np.ndarray:
-    from jowa_core.envs.atari import AtariEnv, AtariSettings
-
     env = AtariEnv(GAME, AtariSettings(), seed=seed)
     rng = np.random.default_rng(seed)
     frames = [env.reset()]
@@ -43,8 +47,6 @@ def _real_frames(n: int, seed: int = 0) -> np.ndarray:
 
 def make_logs(root: Path, capacity: int, files: int, pool_frames: int = 4000, seed: int = 0) -> Path:
     """Write ``files`` full checkpoints of ``capacity`` rows for GAME/1 (plus the final file)."""
-    from jowa_core.data.dopamine_writer import LoggedReplayWriter
-
     pool = _real_frames(pool_frames, seed)
     rng = np.random.default_rng(seed)
     log_dir = root / GAME / "1" / "replay_logs"
@@ -106,9 +108,6 @@ def bench_data(
     workdir: str | None = None,
     markdown: str | None = None,
 ) -> dict[str, Any]:
-    from jowa_core.data.segments import benchmark_loader
-    from jowa_core.data.store import open_store
-
     tmp = tempfile.TemporaryDirectory(dir=workdir)
     root = Path(tmp.name)
     t0 = time.perf_counter()
@@ -177,34 +176,3 @@ def _append_markdown(path: Path, r: dict[str, Any]) -> None:
         "",
     ]
     append_section(path, lines)
-
-
-def fmt_rate(x: float) -> str:
-    """A rate for benchmark tables: thousands separators from 100 up, 3 significant digits below."""
-    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
-
-
-def append_comparison(path: Path, r: dict[str, Any], title: str, ours: str, baseline: str, summary: str,
-                      rows: list[tuple[str, str, str, str]]) -> None:
-    """Append a dated section (title, device, torch, command, ``summary`` line, then a table of measure / ``ours``
-    / ``baseline`` / ours ÷ baseline ``rows``) for a ``jowa bench`` result ``r``."""
-    cuda = f", CUDA {r['cuda']}" if r["cuda"] else ""
-    append_section(path, [
-        f"\n## {title} — {r['date']} — {r['device']}, torch {r['torch']}{cuda}\n",
-        f"`{r['command']}`\n",
-        summary + ".\n",
-        f"| measure | {ours} | {baseline} | ours ÷ baseline |",
-        "|---|---|---|---|",
-        *(f"| {' | '.join(cells)} |" for cells in rows),
-        "",
-    ])
-
-
-def append_section(path: Path, lines: list[str]) -> None:
-    """Append markdown ``lines`` to the benchmarks file, creating it with its header if needed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        path.write_text("# Benchmarks\n\nResults appended by `jowa bench ...`; each row compares against a "
-                        "baseline measured in the same run.\n")
-    with path.open("a") as f:
-        f.write("\n".join(lines))

@@ -20,7 +20,19 @@ from typing import Any
 import numpy as np
 
 from jowa_core.config import from_dict
+from jowa_core.data.collect import collect
+from jowa_core.data.convert import PrepareOptions, prepare_data
+from jowa_core.data.segments import make_loader
+from jowa_core.data.store import open_store
+from jowa_core.data.tokenize import tokenize_stores
+from jowa_core.evaluation.agent import AgentSettings
+from jowa_core.evaluation.envs import EvalSettings
+from jowa_core.evaluation.report import build_report, load_results
+from jowa_core.evaluation.runner import evaluate
 from jowa_core.progress import Reporter, make_reporter
+from jowa_core.train.finetune import FinetuneConfig, finetune
+from jowa_core.train.pretrain import PretrainConfig, pretrain
+from jowa_core.train.tokenizer import TokenizerTrainConfig, train_tokenizer
 
 DEMO_GAMES = ("Pong", "SpaceInvaders")
 
@@ -50,18 +62,6 @@ DEMO_PRETRAIN = {
 def run_demo(out: str | Path, steps: int = 12_000, capacity: int = 4_000, reporter: Reporter | None = None,
              seed: int = 0, tokenizer_steps: int = 250, pretrain_steps: tuple[int, int] = (250, 250),
              eval_episodes: int = 2, eval_max_frames: int = 2000, ft_transitions: int = 2000) -> dict[str, Any]:
-    from jowa_core.data.collect import collect
-    from jowa_core.data.convert import PrepareOptions, prepare_data
-    from jowa_core.data.segments import make_loader
-    from jowa_core.data.store import open_store
-    from jowa_core.data.tokenize import tokenize_stores
-    from jowa_core.evaluation.envs import EvalSettings
-    from jowa_core.evaluation.report import build_report, load_results
-    from jowa_core.evaluation.runner import evaluate
-    from jowa_core.train.finetune import FinetuneConfig, finetune
-    from jowa_core.train.pretrain import PretrainConfig, pretrain
-    from jowa_core.train.tokenizer import TokenizerTrainConfig, train_tokenizer
-
     reporter = reporter or make_reporter()
     out = Path(out)
     timings: dict[str, float] = {}
@@ -125,8 +125,8 @@ def run_demo(out: str | Path, steps: int = 12_000, capacity: int = 4_000, report
     reporter.log(f"[7/9] evaluate: beam search (K=2, H=2) in the emulator, {eval_episodes} episodes per game, "
                  f"{eval_max_frames} frames each, all episodes batched")
     scores = evaluate(out / "pretrain", out / "tokenizer", list(DEMO_GAMES), episodes=eval_episodes,
-                      settings=EvalSettings(max_frames=eval_max_frames), beam=2, horizon=2, seed=seed, device="cpu",
-                      out_json=out / "scores.json", reporter=reporter)
+                      settings=EvalSettings(max_frames=eval_max_frames), agent=AgentSettings(beam=2, horizon=2),
+                      seed=seed, device="cpu", out_json=out / "scores.json", reporter=reporter)
     timings["evaluate_s"] = time.perf_counter() - t0
     eval_info = {"scores": str(out / "scores.json"), "env_steps_per_s": scores["throughput"]["env_steps_per_s"],
                  "mean_return": {g: v["mean"] for g, v in scores["games"].items()}}

@@ -33,6 +33,9 @@ from torch.overrides import TorchFunctionMode
 from jowa_core import checkpoint as ckpt
 from jowa_core.checkpoint import sha256_file
 from jowa_core.config import from_dict, to_dict
+from jowa_core.constants import jowa_version
+from jowa_core.models.lpips import LPIPS
+from jowa_core.models.tokenizer import Tokenizer, TokenizerConfig, save_tokenizer
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, save_world_action
 
 OFFICIAL_PREFIXES = ("_orig_mod.module.", "module.", "_orig_mod.")  # longest first
@@ -334,8 +337,6 @@ def save_converted_world_model(model: WorldActionModel, path: str | Path, **extr
 
 def infer_tokenizer_config(state: Mapping[str, Tensor], source: str = "<state dict>"):
     """A ``TokenizerConfig``: codebook size and dimension, channels read from the shapes; the rest defaults."""
-    from jowa_core.models.tokenizer import TokenizerConfig
-
     what = "tokenizer"
     emb = _need(state, "embedding.weight", 2, source, what)
     conv_in = _need(state, "encoder.conv_in.weight", 4, source, what)
@@ -347,11 +348,7 @@ def infer_tokenizer_config(state: Mapping[str, Tensor], source: str = "<state di
 
 
 def _lpips_shapes() -> dict[str, tuple[int, ...]] | None:
-    """Key -> shape of this project's LPIPS module, or None when that module is not available."""
-    try:
-        from jowa_core.models.lpips import LPIPS
-    except ImportError:
-        return None
+    """Key -> shape of this project's LPIPS module."""
     module = _on_meta(LPIPS)
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
@@ -362,8 +359,6 @@ def convert_tokenizer(state_dict: Mapping[str, Tensor], source: str = "<state di
     The ``lpips.*`` keys (prefix stripped) are returned apart, as the perceptual-loss weights (empty when the
     file has none); all other keys must be exactly our ``Tokenizer``'s.
     """
-    from jowa_core.models.tokenizer import Tokenizer
-
     state, _ = strip_prefix_named(state_dict)
     lpips = {k[len(LPIPS_PREFIX):]: v for k, v in state.items() if k.startswith(LPIPS_PREFIX)}
     tok_state = {k: v for k, v in state.items() if not k.startswith(LPIPS_PREFIX)}
@@ -390,12 +385,7 @@ def convert_tokenizer(state_dict: Mapping[str, Tensor], source: str = "<state di
 
 
 def _converted_by() -> str:
-    try:
-        from importlib.metadata import version
-
-        return f"jowa {version('jowa')} import-official"
-    except Exception:  # noqa: BLE001 - not installed as a distribution
-        return "jowa import-official"
+    return f"jowa {jowa_version()} import-official"
 
 
 def _source(path: Path) -> dict[str, Any]:
@@ -453,8 +443,6 @@ def import_official(tokenizer_path: str | Path | None, model_path: str | Path | 
 
     with ckpt.atomic_dir(out, overwrite=True) as tmp:
         if tok_part is not None:
-            from jowa_core.models.tokenizer import Tokenizer, save_tokenizer
-
             tcfg, tok_tensors, lpips, src = tok_part
             tok = _on_meta(Tokenizer, tcfg)
             tok.load_state_dict(tok_tensors, strict=True, assign=True)

@@ -1,0 +1,1 @@
+"""Interoperability with other implementations: importing the official JOWA checkpoints."""
