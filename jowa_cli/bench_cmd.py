@@ -56,7 +56,7 @@ def train(
     warmup: Annotated[int, typer.Option(help="Untimed steps first (compilation, allocator, autotuning).")] = 3,
     stage: Annotated[int, typer.Option(help="Pretraining stage: 1 (world loss) or 2 (world + TD + CQL).")] = 2,
     device: Annotated[str, typer.Option(help="auto (the GPU when there is one), cuda, cuda:N or cpu.")] = "auto",
-    amp: Annotated[str, typer.Option(help="auto (bf16 autocast on GPU, fp32 on CPU), bf16 or off.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32.")] = "auto",
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (not the baseline).")] = False,
     baseline: Annotated[
         bool, typer.Option("--baseline/--no-baseline", help="Also time the official-style baseline.")
@@ -64,7 +64,7 @@ def train(
     peak_tflops: Annotated[
         float | None, typer.Option(help="Device peak TFLOP/s for MFU (default: table by GPU name; none on CPU).")
     ] = None,
-    record: Annotated[str, typer.Option(help="Append the results as a dated section to this Markdown file.")] = "",
+    out: Annotated[str, typer.Option(help="Append the results as a dated section to this Markdown file.")] = "",
     json_out: Annotated[str, typer.Option("--json", help="Write results as JSON here ('-' for stdout).")] = "",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
@@ -75,7 +75,7 @@ def train(
     eager, same precision). MFU uses analytic model FLOPs (matmuls, causal attention) over the device's dense
     peak. Out of memory: exit code 2.
 
-    Example: jowa bench train --preset 150m --batch-size 512 --amp bf16 --compile --record docs/benchmarks.md
+    Example: jowa bench train --preset 150m --batch-size 512 --precision bf16 --compile --out docs/benchmarks.md
     """
 
     from jowa_core.bench.train import bench_train, table_rows
@@ -84,8 +84,9 @@ def train(
     reporter = make_reporter(quiet=quiet)
     try:
         result = bench_train(preset=preset, batch_size=batch_size, steps=steps, warmup=warmup, stage=stage,
-                             device=device, amp=amp, compile=compile_, baseline=baseline, peak_tflops=peak_tflops,
-                             overrides=overrides or (), reporter=reporter, markdown=record or None)
+                             device=device, precision=precision, compile=compile_, baseline=baseline,
+                             peak_tflops=peak_tflops,
+                             overrides=overrides or (), reporter=reporter, markdown=out or None)
     finally:
         reporter.close()
     _print_comparison("train", result, table_rows(result), ("ours", "baseline (official-style)"))
@@ -105,14 +106,14 @@ def plan(
         int, typer.Option(help="Decisions per environment of the (slow) node-by-node baseline.")
     ] = 1,
     device: Annotated[str, typer.Option(help="auto (the GPU when there is one), cuda, cuda:N or cpu.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), bf16 or fp32.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 weights on GPU, fp32 on CPU), bf16 or fp32.")] = "auto",
     baseline: Annotated[
         bool, typer.Option("--baseline/--no-baseline", help="Also time the node-by-node baseline.")
     ] = True,
     threads: Annotated[
         int | None, typer.Option(help="torch CPU threads (default: torch's); 1 avoids OpenMP spinning on small CPUs.")
     ] = None,
-    record: Annotated[str, typer.Option(help="Append the results as a dated section to this Markdown file.")] = "",
+    out: Annotated[str, typer.Option(help="Append the results as a dated section to this Markdown file.")] = "",
     json_out: Annotated[str, typer.Option("--json", help="Write results as JSON here ('-' for stdout).")] = "",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
@@ -122,7 +123,7 @@ def plan(
     full-length contexts of a randomly initialised model, greedy acting (no planning), and a straightforward
     one-environment, node-by-node planner (the official planner's structure) on the same model and contexts.
 
-    Example: jowa bench plan --preset 150m --envs 16 --beam 3 --horizon 2 --record docs/benchmarks.md
+    Example: jowa bench plan --preset 150m --envs 16 --beam 3 --horizon 2 --out docs/benchmarks.md
     """
 
     from jowa_core.bench.plan import bench_plan, table_rows
@@ -131,9 +132,9 @@ def plan(
     reporter = make_reporter(quiet=quiet)
     try:
         result = bench_plan(preset=preset, envs=envs, beam=beam, horizon=horizon, decisions=decisions,
-                            warmup=warmup, device=device, dtype=dtype, baseline=baseline,
+                            warmup=warmup, device=device, precision=precision, baseline=baseline,
                             baseline_decisions=baseline_decisions, threads=threads, reporter=reporter,
-                            markdown=record or None)
+                            markdown=out or None)
     finally:
         reporter.close()
     _print_comparison("plan", result, table_rows(result), ("ours (batched)", "baseline (node by node)"))

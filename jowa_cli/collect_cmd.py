@@ -47,7 +47,7 @@ def collect(
                                "model checkpoint and is not available yet)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Base seed; each run derives its own from "
                              "(seed, game task id, run)."),
-    sticky: float = typer.Option(0.25, "--sticky", min=0.0, max=1.0,
+    sticky_actions: float = typer.Option(0.25, "--sticky-actions", min=0.0, max=1.0,
                                  help="Sticky-action probability (ALE repeat_action_probability)."),
     max_episode_steps: int = typer.Option(27_000, "--max-episode-steps", min=0,
                                           help="Cut episodes after this many agent steps (0: never)."),
@@ -82,7 +82,7 @@ def collect(
 
     names = game_registry.resolve(games)
     run_list = parse_runs(runs)
-    settings = AtariSettings(sticky_actions=sticky, max_episode_steps=max_episode_steps)
+    settings = AtariSettings(sticky_actions=sticky_actions, max_episode_steps=max_episode_steps)
     reporter = make_reporter(quiet)
     try:
         summaries = collect_runs(

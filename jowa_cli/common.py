@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -46,3 +46,7 @@ def emit_json(obj: Any, path: str | None) -> None:
     else:
         with open(path, "w") as f:
             f.write(text + "\n")
+
+
+# One spelling of --quiet for every command.
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress or summary output (errors and --json still).")]

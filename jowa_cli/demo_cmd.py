@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from jowa_cli.common import emit_json, handle_errors
+from jowa_cli.common import Quiet, emit_json, handle_errors
 from jowa_core.progress import make_reporter
 
 
@@ -17,6 +17,7 @@ def demo(
     tokenizer_steps: Annotated[int, typer.Option(help="Tokenizer training steps.")] = 250,
     pretrain_steps: Annotated[int, typer.Option(help="Pretraining steps per stage.")] = 250,
     json_out: Annotated[str, typer.Option("--json", help="Write the summary as JSON here ('-' for stdout).")] = "",
+    quiet: Quiet = False,
 ) -> None:
     """Run every stage that exists end to end on built-in defaults (no downloads).
 
@@ -32,7 +33,7 @@ def demo(
 
     from jowa_core.recipes.demo import run_demo
 
-    reporter = make_reporter()
+    reporter = make_reporter(quiet)
     try:
         summary = run_demo(out, steps=steps, reporter=reporter, tokenizer_steps=tokenizer_steps,
                            pretrain_steps=(pretrain_steps, pretrain_steps))
@@ -44,19 +45,19 @@ def demo(
     for g in summary["games"]:
         table.add_row(g["game"], str(g["steps"]), str(g["episodes"]), f"{g['mean_clipped_return']:.2f}",
                       str(g["segments_in_20_batches"]))
-    Console().print(table)
+    Console(quiet=quiet).print(table)
     tm, pm = summary["tokenizer"]["metrics"] or {}, summary["pretrain"]
-    Console().print(f"tokenizer: {summary['tokenizer']['final']}  " + "  ".join(
+    Console(quiet=quiet).print(f"tokenizer: {summary['tokenizer']['final']}  " + "  ".join(
         f"{k} {float(v):.4f}" for k, v in tm.items() if k in ("total", "reconstruction", "heldout_l1")))
-    Console().print(f"pretrain: {pm['final']}  obs-token loss {pm['world_obs_loss'][0]:.3f} -> "
+    Console(quiet=quiet).print(f"pretrain: {pm['final']}  obs-token loss {pm['world_obs_loss'][0]:.3f} -> "
                     f"{pm['world_obs_loss'][1]:.3f}" + (f", TD loss {pm['td_loss'][0]:.3f} -> {pm['td_loss'][1]:.3f}"
                                                        if pm["td_loss"] else ""))
     ev = summary["evaluate"]
-    Console().print("evaluate (beam 2, horizon 2): mean return " + ", ".join(
+    Console(quiet=quiet).print("evaluate (beam 2, horizon 2): mean return " + ", ".join(
         f"{g} {v:.1f}" for g, v in ev["mean_return"].items()) + f"; {ev['env_steps_per_s']:.1f} env steps/s")
     ft = summary["finetune"]
-    Console().print(f"finetune on held-out {ft['game']}: final {ft['final']['path']}"
+    Console(quiet=quiet).print(f"finetune on held-out {ft['game']}: final {ft['final']['path']}"
                     + (f", best eval mean {ft['best']['mean']:.1f}" if ft.get("best") else ""))
-    Console().print(f"report: {summary['report']['out']}/report.md, aggregates.csv, *.png")
-    Console().print({k: round(v, 1) for k, v in summary["timings"].items()})
+    Console(quiet=quiet).print(f"report: {summary['report']['out']}/report.md, aggregates.csv, *.png")
+    Console(quiet=quiet).print({k: round(v, 1) for k, v in summary["timings"].items()})
     emit_json(summary, json_out or None)

@@ -45,8 +45,8 @@ def finetune(
     --out runs/ft-pong
     """
     from jowa_core.config import load_config
+    from jowa_core.recipes.finetune import run_finetune as run
     from jowa_core.train.finetune import FinetuneConfig
-    from jowa_core.train.finetune import finetune as run
 
     for name, value in (("--ckpt", ckpt), ("--tokenizer", tokenizer), ("--game", game), ("--data", data),
                         ("--out", out)):

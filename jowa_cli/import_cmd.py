@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from jowa_cli.common import emit_json, handle_errors
+from jowa_cli.common import Quiet, emit_json, handle_errors
 
 
 @handle_errors
@@ -15,8 +15,9 @@ def import_official(
     tokenizer: Annotated[
         str, typer.Option(help="The official tokenizer.pt (VQ-VAE + LPIPS state dict).")
     ] = "",
-    model: Annotated[
-        str, typer.Option(help="An official world-action model file: JOWA_40M.pt, JOWA_70M.pt or JOWA_150M.pt.")
+    ckpt: Annotated[
+        str, typer.Option("--ckpt", help="An official world-action model file: JOWA_40M.pt, JOWA_70M.pt or "
+                                         "JOWA_150M.pt.")
     ] = "",
     out: Annotated[
         str, typer.Option(help="Output folder: tokenizer/, model/, lpips.safetensors and import.json go here.")
@@ -26,6 +27,7 @@ def import_official(
     ] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing, non-empty --out.")] = False,
     json: Annotated[str, typer.Option("--json", help="Write the import summary here ('-' for stdout).")] = "",
+    quiet: Quiet = False,
 ) -> None:
     """Convert the released official JOWA checkpoints (tokenizer.pt, JOWA_*.pt) into jowa checkpoints.
 
@@ -34,17 +36,17 @@ def import_official(
     checks every key and shape; writes <out>/tokenizer/, <out>/model/, <out>/lpips.safetensors (the
     perceptual-loss weights in tokenizer.pt) and <out>/import.json, atomically. Either file may be given alone.
 
-    Example: jowa import-official --tokenizer tokenizer.pt --model JOWA_150M.pt --out ckpt/jowa150m
+    Example: jowa import-official --tokenizer tokenizer.pt --ckpt JOWA_150M.pt --out ckpt/jowa150m
     """
     from jowa_core.interop.official import import_official as run
 
     if not out:
         raise ValueError("--out is required")
-    if not tokenizer and not model:
-        raise ValueError("give --tokenizer, --model or both")
+    if not tokenizer and not ckpt:
+        raise ValueError("give --tokenizer, --ckpt or both")
     if num_heads < 0:
         raise ValueError(f"--num-heads must be positive, got {num_heads}")
-    summary = run(tokenizer or None, model or None, out, num_heads=num_heads or None, overwrite=overwrite)
+    summary = run(tokenizer or None, ckpt or None, out, num_heads=num_heads or None, overwrite=overwrite)
     parts = []
     if "tokenizer" in summary:
         t = summary["tokenizer"]
@@ -54,5 +56,6 @@ def import_official(
         m = summary["model"]
         parts.append(f"model (preset {m['preset']}, {m['config']['num_layers']} layers, "
                      f"{m['parameters']['trainable']:,} trainable parameters)")
-    print(f"imported {' and '.join(parts)} into {out}", file=sys.stderr)
+    if not quiet:
+        print(f"imported {' and '.join(parts)} into {out}", file=sys.stderr)
     emit_json(summary, json or None)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from jowa_cli.common import emit_json, handle_errors
+from jowa_cli.common import Quiet, emit_json, handle_errors
 from jowa_core.games import PLANNING_HORIZON
 from jowa_core.planning import DEFAULT_REWARD_MODE
 
@@ -18,8 +18,8 @@ def plan(
         str, typer.Option(help="Tokenizer: a train-tokenizer run or checkpoint directory, or tokenizer.pt.")
     ],
     game: Annotated[str, typer.Option(help="Game (default: the store's); required for a live game.")] = "",
-    store: Annotated[str, typer.Option(help="A <Game>.zarr store to take the state from (else a live game).")] = "",
-    index: Annotated[int | None, typer.Option(help="Step of the store to plan from (required with --store).")] = None,
+    data: Annotated[str, typer.Option(help="A <Game>.zarr store to take the state from (else a live game).")] = "",
+    index: Annotated[int | None, typer.Option(help="Step of the store to plan from (required with --data).")] = None,
     seed: Annotated[int, typer.Option(help="Live game: ALE seed (and of the random warm-up actions).")] = 0,
     live_steps: Annotated[int, typer.Option(help="Live game: steps played before planning.")] = 16,
     history: Annotated[
@@ -38,6 +38,7 @@ def plan(
     ] = "",
     no_png: Annotated[bool, typer.Option("--no-png", help="Do not write the PNG strip.")] = False,
     json_out: Annotated[str, typer.Option("--json", help="Write the search tree as JSON here ('-' for stdout).")] = "",
+    quiet: Quiet = False,
 ) -> None:
     """Inspect the planner on one state from a dataset store or a live game.
 
@@ -45,7 +46,7 @@ def plan(
     the decoded imagined frames of each kept beam as a PNG strip, under the real next frames when the state
     comes from a store.
 
-    Example: jowa plan --ckpt runs/jowa/final --tokenizer runs/tok/final --store data/atari5/Pong.zarr --index 1234
+    Example: jowa plan --ckpt runs/jowa/final --tokenizer runs/tok/final --data data/atari5/Pong.zarr --index 1234
     --beam 3 --horizon 2
     """
     from rich.console import Console
@@ -57,19 +58,19 @@ def plan(
     from jowa_core.models.world_action import load_world_action
     from jowa_core.planning.inspect import inspect_state, render_strip
 
-    if store and index is None:
-        raise ValueError("--store needs --index (the step to plan from)")
-    if not store and not game:
-        raise ValueError("give --store and --index, or --game for a live game")
+    if data and index is None:
+        raise ValueError("--data needs --index (the step to plan from)")
+    if not data and not game:
+        raise ValueError("give --data and --index, or --game for a live game")
     dev = pick_device(device)
-    gs = open_store(store) if store else None
+    gs = open_store(data) if data else None
     model, meta = load_world_action(ckpt, dev)
     tok = load_tokenizer(tokenizer, dev)
     check_tokens_tokenizer(meta, fingerprint(tokenizer), ckpt, tokenizer)
     result = inspect_state(model, tok, game=game or None, store=gs, index=index, live_seed=seed, history=history,
                            beam=beam, horizon=horizon, gamma=gamma, live_steps=live_steps,
                            reward_mode=imagined_reward)
-    console = Console()
+    console = Console(quiet=quiet)
     console.print(rich_tree(result))
     if not no_png and result["tree"]:
         where = index if gs is not None else f"seed{seed}"

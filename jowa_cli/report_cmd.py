@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from jowa_cli.common import UserError, emit_json, handle_errors
+from jowa_cli.common import Quiet, UserError, emit_json, handle_errors
 
 
 @handle_errors
@@ -29,6 +29,7 @@ def report(
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
     json_out: Annotated[str, typer.Option("--json", help="Also write the report JSON here ('-' for stdout).")] = "",
+    quiet: Quiet = False,
 ) -> None:
     """Tabulate and plot evaluation results: HNS/DNS per game, mean/median/IQM with bootstrap CIs, vs the paper.
 
@@ -60,7 +61,7 @@ def report(
                ("#superhuman", "human", "superhuman"), ("IQM DNS", "dqn", "iqm")]  # fmt: skip
     if "finetune" in result["settings"]["published"]:  # Table 3 reports mean/median/IQM DNS
         columns += [("median DNS", "dqn", "median"), ("mean DNS", "dqn", "mean")]
-    console = Console(stderr=json_out == "-")
+    console = Console(stderr=json_out == "-", quiet=quiet)
     table = Table(title="Aggregates (95% stratified-bootstrap CIs)")
     table.add_column("method", no_wrap=True)
     for col, _, _ in columns:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 
 
@@ -19,3 +22,23 @@ def pick_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
     return device
+
+
+PRECISIONS = ("auto", "bf16", "fp32")  # one spelling for every command; configs also accept the older "off"
+
+
+def use_bf16(device: torch.device, precision: str | bool) -> bool:
+    """Whether to run under bf16 autocast: ``auto`` (or True) -> on CUDA only; ``bf16`` -> always; ``fp32``, ``off``
+    (or False) -> never."""
+    if isinstance(precision, bool):
+        precision = "auto" if precision else "fp32"
+    if precision not in (*PRECISIONS, "off"):
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+def autocast(device: torch.device, precision: str | bool) -> Callable[[], AbstractContextManager]:
+    """A factory of the context every forward pass of a trainer runs in (see ``use_bf16``)."""
+    if use_bf16(device, precision):
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext

@@ -111,8 +111,8 @@ def test_bench_train_tiny_cpu():
 
 
 def test_bench_train_rejects_bad_input():
-    with pytest.raises(ValueError, match="amp"):
-        bench_train(preset="tiny", amp="fp16", device="cpu")
+    with pytest.raises(ValueError, match="precision"):
+        bench_train(preset="tiny", precision="fp16", device="cpu")
     with pytest.raises(ValueError, match="warmup"):
         bench_train(preset="tiny", warmup=0, device="cpu")
     with pytest.raises(ValueError, match="overrides"):
@@ -123,7 +123,7 @@ def test_cli_json_and_record(tmp_path):
     out, md = tmp_path / "r.json", tmp_path / "bench.md"
     res = CliRunner().invoke(app, ["bench", "train", "--preset", "tiny", "--batch-size", "2", "--steps", "1",
                                    "--warmup", "1", "--device", "cpu", "--peak-tflops", "0.5", "--json", str(out),
-                                   "--record", str(md), "--quiet"])
+                                   "--out", str(md), "--quiet"])
     assert res.exit_code == 0, res.output
     r = json.loads(out.read_text())
     assert r["preset"] == "tiny" and r["batch_size"] == 2 and r["stage"] == 2 and r["ours"]["mfu"] > 0
@@ -132,7 +132,7 @@ def test_cli_json_and_record(tmp_path):
     text = md.read_text()
     assert "## Training throughput — " in text and f"`{r['command']}`" in text and "| tokens/s |" in text
 
-    res = CliRunner().invoke(app, ["bench", "train", "--preset", "tiny", "--amp", "fp8", "--quiet"])
+    res = CliRunner().invoke(app, ["bench", "train", "--preset", "tiny", "--precision", "fp8", "--quiet"])
     assert res.exit_code == 2
 
 

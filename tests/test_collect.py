@@ -381,7 +381,7 @@ def _app() -> typer.Typer:
 def test_cli_collect(tmp_path):
     runner = CliRunner()
     args = ["collect", "--games", "Pong", "--runs", "1-2", "--steps", "50", "--capacity", "16",
-            "--out", str(tmp_path), "--sticky", "0.1", "--max-episode-steps", "40", "--json", "-", "--quiet"]
+            "--out", str(tmp_path), "--sticky-actions", "0.1", "--max-episode-steps", "40", "--json", "-", "--quiet"]
     result = runner.invoke(_app(), args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)

@@ -20,7 +20,8 @@ from jowa_core.models.losses import cql_loss
 from jowa_core.models.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer, save_tokenizer
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, load_world_action, save_world_action
 from jowa_core.planning.beam import plan
-from jowa_core.train.finetune import FinetuneConfig, best_path, combo_loss, finetune, synthesize
+from jowa_core.recipes.finetune import run_finetune as finetune
+from jowa_core.train.finetune import FinetuneConfig, best_path, combo_loss, synthesize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 VOCAB = 64

@@ -302,7 +302,7 @@ def imported_40m(tmp_path_factory):
     path = d / "JOWA_40M.pt"
     torch.save(with_prefix(sd, "module."), path)
     out = d / "ckpt"
-    result = run_cli("--model", path, "--out", out, "--json", "-")
+    result = run_cli("--ckpt", path, "--out", out, "--json", "-")
     assert result.exit_code == 0, result.output
     return sd, path, out, json.loads(result.stdout)
 
@@ -375,12 +375,12 @@ def test_existing_out_needs_overwrite(imported_40m, tmp_path):
     _, path, out, _ = imported_40m
     small = tmp_path / "small.pt"
     torch.save(official_world_state(E=64, L=1, m=32, q=1), small)
-    again = run_cli("--model", small, "--out", out)
+    again = run_cli("--ckpt", small, "--out", out)
     assert again.exit_code == 2 and "--overwrite" in again.stderr
     assert load_world_action(str(out / "model"))[1]["config"]["preset"] == "40m"  # untouched
     target = tmp_path / "o"
-    assert run_cli("--model", small, "--out", target).exit_code == 0
-    replaced = run_cli("--model", small, "--out", target, "--overwrite", "--num-heads", "2")
+    assert run_cli("--ckpt", small, "--out", target).exit_code == 0
+    replaced = run_cli("--ckpt", small, "--out", target, "--overwrite", "--num-heads", "2")
     assert replaced.exit_code == 0, replaced.output
     assert load_world_action(str(target / "model"))[1]["config"]["num_heads"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "small.pt"]
@@ -482,7 +482,7 @@ def test_bad_model_file_exits_2(tmp_path, mutate, key, needle):
     path = tmp_path / "JOWA_bad.pt"
     torch.save(with_prefix(sd, "module."), path)
     out = tmp_path / "out"
-    result = run_cli("--model", path, "--out", out)
+    result = run_cli("--ckpt", path, "--out", out)
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -505,7 +505,7 @@ def test_unreadable_files_exit_2(tmp_path, kind):
         path.write_bytes(b"\x00not a torch file")
     elif kind == "tensor":
         torch.save(torch.zeros(3), path)
-    result = run_cli("--model", path, "--out", tmp_path / "out")
+    result = run_cli("--ckpt", path, "--out", tmp_path / "out")
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "JOWA_150M.pt" in lines[0], result.stderr
@@ -516,7 +516,7 @@ def test_unreadable_files_exit_2(tmp_path, kind):
 
 def test_cli_needs_inputs(tmp_path):
     assert run_cli("--out", tmp_path / "o").exit_code == 2
-    assert run_cli("--model", tmp_path / "x.pt").exit_code == 2
+    assert run_cli("--ckpt", tmp_path / "x.pt").exit_code == 2
     assert import_cli.__doc__.splitlines()[0].startswith("Convert the released official JOWA checkpoints")
     with pytest.raises(OfficialFormatError):
         read_official(_write(tmp_path / "l.pt", b"version https://git-lfs.github.com/spec/v1\n"))
@@ -627,7 +627,7 @@ def test_bad_tokenizer_file_exits_2(tmp_path, tok_state, mutate, key):
     tpath, mpath = tmp_path / "tokenizer_bad.pt", tmp_path / "JOWA_ok.pt"
     torch.save(sd, tpath)
     torch.save(official_world_state(E=64, L=1, m=32, q=1), mpath)
-    result = run_cli("--tokenizer", tpath, "--model", mpath, "--out", tmp_path / "out")
+    result = run_cli("--tokenizer", tpath, "--ckpt", mpath, "--out", tmp_path / "out")
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "tokenizer_bad.pt" in lines[0] and key in lines[0], result.stderr

@@ -74,7 +74,7 @@ def check_tree(tree: list, beam: int, horizon: int, num_valid: int) -> None:
 def test_plan_from_a_store(setup, tmp_path):
     index = 40
     png, js = tmp_path / "strip.png", tmp_path / "tree.json"
-    r = runner.invoke(app, ["--ckpt", setup["ckpt"], "--tokenizer", setup["tokpath"], "--store", str(setup["store"]),
+    r = runner.invoke(app, ["--ckpt", setup["ckpt"], "--tokenizer", setup["tokpath"], "--data", str(setup["store"]),
                             "--index", str(index), "--beam", "3", "--horizon", "2", "--device", "cpu",
                             "--png", str(png), "--json", str(js)])
     assert r.exit_code == 0, r.output
@@ -131,6 +131,6 @@ def test_context_stops_at_the_episode_start_and_greedy_has_no_tree(setup):
 @pytest.mark.parametrize("args", [["--index", "100000"], ["--index", "-1"], [], ["--index", "5", "--history", "7"],
                                   ["--index", "5", "--beam", "x"], ["--index", "5", "--game", "Pong"]])
 def test_bad_input_exits_2(setup, args):
-    r = runner.invoke(app, ["--ckpt", setup["ckpt"], "--tokenizer", setup["tokpath"], "--store",
+    r = runner.invoke(app, ["--ckpt", setup["ckpt"], "--tokenizer", setup["tokpath"], "--data",
                             str(setup["store"]), "--device", "cpu", "--no-png", *args])
     assert r.exit_code == 2, r.output

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from jowa_core import devices
 from jowa_core import games as _games
 from jowa_core.bench.table import append_comparison, fmt_rate
 from jowa_core.config import from_dict
@@ -89,12 +90,12 @@ class _Timer:
         return out, time.perf_counter() - t
 
 
-def command_line(preset: str, envs: int, beam: int, horizon: int, decisions: int, device: str, dtype: str,
+def command_line(preset: str, envs: int, beam: int, horizon: int, decisions: int, device: str, precision: str,
                  baseline: bool, baseline_decisions: int, threads: int | None = None) -> str:
     """The `jowa bench plan` command that reproduces a run (defaults left out)."""
     parts = ["jowa bench plan", f"--preset {preset}", f"--envs {envs}", f"--beam {beam}", f"--horizon {horizon}"]
     for flag, value, default in (("--decisions", decisions, 5), ("--device", device, "auto"),
-                                 ("--dtype", dtype, "auto"), ("--baseline-decisions", baseline_decisions, 1),
+                                 ("--precision", precision, "auto"), ("--baseline-decisions", baseline_decisions, 1),
                                  ("--threads", threads, None)):
         if value != default:
             parts.append(f"{flag} {value}")
@@ -103,7 +104,7 @@ def command_line(preset: str, envs: int, beam: int, horizon: int, decisions: int
 
 
 def bench_plan(preset: str = "150m", envs: int = 16, beam: int = 3, horizon: int = 2, history: int | None = None,
-               decisions: int = 5, warmup: int = 1, device: str = "auto", dtype: str = "auto",
+               decisions: int = 5, warmup: int = 1, device: str = "auto", precision: str = "auto",
                baseline: bool = True, baseline_decisions: int = 1, gamma: float = 0.99, seed: int = 0,
                threads: int | None = None, reporter=None, markdown: str | os.PathLike | None = None
                ) -> dict[str, Any]:
@@ -111,7 +112,7 @@ def bench_plan(preset: str = "150m", envs: int = 16, beam: int = 3, horizon: int
     greedy acting, and the node-by-node baseline (``baseline_decisions`` rounds over the environments).
 
     ``history``: steps of context, the current one included (default 8 - horizon, the most that fits).
-    ``dtype``: auto (bf16 weights and KV cache on GPU, fp32 on CPU) | bf16 | fp32. Returns a JSON-serialisable
+    ``precision``: auto (bf16 weights and KV cache on GPU, fp32 on CPU) | bf16 | fp32. Returns a JSON-serialisable
     dict; ``threads``: torch CPU threads for the run (restored afterwards; on a small shared machine 1 thread
     avoids OpenMP spinning, which costs the tiny model's batch-1 forwards 10-40x). ``markdown``: append a dated
     section to that file.
@@ -122,26 +123,26 @@ def bench_plan(preset: str = "150m", envs: int = 16, beam: int = 3, horizon: int
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _bench_plan(preset, envs, beam, horizon, history, decisions, warmup, device, dtype, baseline,
+        return _bench_plan(preset, envs, beam, horizon, history, decisions, warmup, device, precision, baseline,
                            baseline_decisions, gamma, seed, threads, reporter, markdown)
     finally:
         torch.set_num_threads(before)
 
 
 @torch.no_grad()
-def _bench_plan(preset, envs, beam, horizon, history, decisions, warmup, device, dtype, baseline,
+def _bench_plan(preset, envs, beam, horizon, history, decisions, warmup, device, precision, baseline,
                 baseline_decisions, gamma, seed, threads, reporter, markdown) -> dict[str, Any]:
     reporter = reporter or NullReporter()
     if envs < 1 or decisions < 1 or warmup < 0 or baseline_decisions < 1:
         raise ValueError("--envs, --decisions and --baseline-decisions must be >= 1 (--warmup >= 0)")
     if beam < 1 or horizon < 0:
         raise ValueError(f"--beam {beam} --horizon {horizon}: expected beam >= 1 and horizon >= 0")
-    if dtype not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"--dtype {dtype!r}: expected auto, bf16 or fp32")
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"--precision {precision!r}: expected auto, bf16 or fp32")
     if preset not in WorldActionConfig.PRESETS:
         raise ValueError(f"--preset {preset!r}: expected one of {', '.join(WorldActionConfig.PRESETS)}")
     dev = pick_device(device)
-    use_bf16 = dtype == "bf16" or (dtype == "auto" and dev.type == "cuda")
+    use_bf16 = devices.use_bf16(dev, precision)
     torch_dtype = torch.bfloat16 if use_bf16 else torch.float32
     cfg = from_dict(WorldActionConfig, {"preset": preset, "obs_vocab": 2048})
     greedy_only = beam <= 1 or horizon <= 0
@@ -211,7 +212,7 @@ def _bench_plan(preset, envs, beam, horizon, history, decisions, warmup, device,
         "device_type": dev.type,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "command": command_line(preset, envs, beam, horizon, decisions, device, dtype, baseline,
+        "command": command_line(preset, envs, beam, horizon, decisions, device, precision, baseline,
                                 baseline_decisions, threads),
         "preset": preset,
         "params": params,

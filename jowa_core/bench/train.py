@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from jowa_core import games
+from jowa_core import devices, games
 from jowa_core.bench.table import append_comparison, fmt_rate
 from jowa_core.config import apply_overrides, from_dict, to_dict
 from jowa_core.dist import pick_device
@@ -50,7 +50,7 @@ BENCH_GAMES = ("Breakout", "Pong", "SpaceInvaders", "Seaquest", "MsPacman")  # a
 
 # Dense (no sparsity) peak TFLOP/s from NVIDIA's datasheets, first match of the regex on
 # torch.cuda.get_device_name() wins: (pattern, label, bf16/fp16 tensor core, TF32 tensor core, FP32 non-tensor).
-# fp32 runs (--amp off) use the TF32 column when torch lets matmuls use TF32 (torch.set_float32_matmul_precision
+# fp32 runs (--precision fp32) use the TF32 column when torch lets matmuls use TF32 (torch.set_float32_matmul_precision
 # "high"/"medium"), else the plain FP32 column (torch's default "highest"). The A10G (AWS) is left out on
 # purpose: NVIDIA publishes no datasheet for it and the figures quoted for it differ; pass --peak-tflops.
 PEAK_TFLOPS: tuple[tuple[str, str, float, float, float], ...] = (
@@ -284,13 +284,13 @@ def _device_name(device: torch.device) -> str:
            f"{torch.get_num_threads()} torch threads)"
 
 
-def command_line(preset: str, batch_size: int, steps: int, warmup: int, stage: int, device: str, amp: str,
+def command_line(preset: str, batch_size: int, steps: int, warmup: int, stage: int, device: str, precision: str,
                  compile: bool, baseline: bool, peak_tflops: float | None, overrides: Sequence[str]) -> str:
     """The `jowa bench train` command that reproduces a run (defaults left out)."""
     parts = ["jowa bench train", f"--preset {preset}"]
     for flag, value, default in (("--batch-size", batch_size, 512), ("--steps", steps, 20),
                                  ("--warmup", warmup, 3), ("--stage", stage, 2), ("--device", device, "auto"),
-                                 ("--amp", amp, "auto"), ("--peak-tflops", peak_tflops, None)):
+                                 ("--precision", precision, "auto"), ("--peak-tflops", peak_tflops, None)):
         if value != default:
             parts.append(f"{flag} {value}")
     parts += ["--compile"] * compile + ["--no-baseline"] * (not baseline) + list(overrides)
@@ -298,19 +298,19 @@ def command_line(preset: str, batch_size: int, steps: int, warmup: int, stage: i
 
 
 def bench_train(preset: str = "150m", batch_size: int = 512, steps: int = 20, warmup: int = 3, stage: int = 2,
-                device: str = "auto", amp: str = "auto", compile: bool = False, baseline: bool = True,
+                device: str = "auto", precision: str = "auto", compile: bool = False, baseline: bool = True,
                 peak_tflops: float | None = None, overrides: Sequence[str] = (), reporter=None,
                 markdown: str | os.PathLike | None = None) -> dict[str, Any]:
     """Measure training steps of ``preset`` on synthetic batches; returns a JSON-serialisable dict.
 
-    ``amp``: auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | off. ``overrides``: ``model.key=value`` /
-    ``train.key=value``. ``peak_tflops`` overrides the device table (needed for an MFU on CPU or on a GPU
+    ``precision``: auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp32 (``off`` is read as fp32).
+    ``overrides``: ``model.key=value`` / ``train.key=value``. ``peak_tflops`` overrides the device table (needed for an MFU on CPU or on a GPU
     not in ``PEAK_TFLOPS``). Raises ``BatchDoesNotFit`` (a ValueError) when our configuration runs out of
     memory; a baseline that runs out of memory is reported as such. ``markdown``: append a dated section.
     """
     reporter = reporter or NullReporter()
-    if amp not in ("auto", "bf16", "off"):
-        raise ValueError(f"--amp {amp!r}: expected auto, bf16 or off")
+    if precision not in ("auto", "bf16", "fp32", "off"):
+        raise ValueError(f"--precision {precision!r}: expected auto, bf16 or fp32")
     if stage not in (1, 2):
         raise ValueError(f"--stage {stage}: expected 1 or 2")
     if batch_size < 1 or steps < 1 or warmup < 1:
@@ -321,7 +321,7 @@ def bench_train(preset: str = "150m", batch_size: int = 512, steps: int = 20, wa
     dev = pick_device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)  # CUDA events record on the current device's stream
-    use_amp = amp == "bf16" or (amp == "auto" and dev.type == "cuda")
+    use_amp = devices.use_bf16(dev, precision)
     if use_amp:
         precision, peak_column = "bf16 autocast", "bf16"
     elif torch.get_float32_matmul_precision() == "highest" or dev.type != "cuda":
@@ -403,7 +403,7 @@ def bench_train(preset: str = "150m", batch_size: int = 512, steps: int = 20, wa
         "device_type": dev.type,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "command": command_line(preset, batch_size, steps, warmup, stage, device, amp, compile, baseline,
+        "command": command_line(preset, batch_size, steps, warmup, stage, device, precision, compile, baseline,
                                 peak_tflops, overrides),
         "preset": preset,
         "batch_size": batch_size,

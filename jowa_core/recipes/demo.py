@@ -30,7 +30,8 @@ from jowa_core.evaluation.envs import EvalSettings
 from jowa_core.evaluation.report import build_report, load_results
 from jowa_core.evaluation.runner import evaluate
 from jowa_core.progress import Reporter, make_reporter
-from jowa_core.train.finetune import FinetuneConfig, finetune
+from jowa_core.recipes.finetune import run_finetune
+from jowa_core.train.finetune import FinetuneConfig
 from jowa_core.train.pretrain import PretrainConfig, pretrain
 from jowa_core.train.tokenizer import TokenizerTrainConfig, train_tokenizer
 
@@ -147,8 +148,8 @@ def run_demo(out: str | Path, steps: int = 12_000, capacity: int = 4_000, report
         if ft_dir.exists() and not resume:
             shutil.rmtree(ft_dir)
         ft_cfg = from_dict(FinetuneConfig, {**DEMO_FINETUNE, "seed": seed})
-        ft_summary = finetune(ft_cfg, out / "pretrain", out / "tokenizer", FT_GAME, out / "ft_data" / f"{FT_GAME}.zarr",
-                              ft_dir, resume=resume, reporter=reporter)
+        ft_summary = run_finetune(ft_cfg, out / "pretrain", out / "tokenizer", FT_GAME,
+                                  out / "ft_data" / f"{FT_GAME}.zarr", ft_dir, resume=resume, reporter=reporter)
     timings["finetune_s"] = time.perf_counter() - t0
     ft_evals = sorted((ft_dir / "evals").glob("step_*.json"))
 

@@ -17,13 +17,11 @@ Runs resume exactly (``resume=True``) from the training checkpoints of pretraini
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,9 +30,11 @@ import torch
 from torch import Tensor
 
 from jowa_core import checkpoint as ckpt
+from jowa_core import devices
 from jowa_core import dist as jdist
 from jowa_core import games as _games
 from jowa_core.config import read_yaml, save_yaml, to_dict
+from jowa_core.constants import BEST_DIR, CONFIG_FILE, FINAL_DIR, SUMMARY_FILE
 from jowa_core.data.segments import make_loader
 from jowa_core.devices import pick_device
 from jowa_core.models.losses import cql_loss, expected_q, td_loss, world_losses
@@ -45,16 +45,14 @@ from jowa_core.progress import NullReporter
 from jowa_core.train.pretrain import (
     JointTokenizer,
     TrainConfig,
-    _encode_frames,
-    _prepare_out,
-    _rng_state,
-    _set_rng_state,
-    _store_vocab,
     build_optimizer,
+    encode_frames,
     load_checkpoint,
     param_fingerprint,
     save_checkpoint,
+    store_vocab,
 )
+from jowa_core.train.run import MetricsLog, prepare_run, rng_state, set_rng_state
 from jowa_core.train.step import optimizer_step
 
 
@@ -331,22 +329,32 @@ def _check_resume(saved: dict[str, Any], cfg: FinetuneConfig, inputs: dict[str, 
         raise ValueError(f"cannot resume {path} with a different config or input: {'; '.join(diff)}")
 
 
+# (model checkpoint dir, tokenizer, step, JSON path) -> the game's stats of an evaluation (``mean``, ``iqm``, ``std``,
+# ``raw_scores``); built by the evaluation layer (``jowa_core.recipes.finetune``), so training never imports it.
+Evaluator = Callable[[Path, Path, int, Path], dict[str, Any]]
+
+
 def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str | os.PathLike, game: str,
              data: str | os.PathLike, out: str | os.PathLike, resume: bool = False,
-             reporter=None) -> dict[str, Any]:
+             reporter=None, evaluator: Evaluator | None = None) -> dict[str, Any]:
     """Fine-tune the world-action model of ``ckpt_path`` and (``train_tokenizer``) the ``tokenizer`` on
     ``game``'s store ``data`` into the run directory ``out``; returns (and writes to ``out/summary.json``) a
     summary with the best and final models and the tokenizer to use with them. ``resume`` continues the run
-    in ``out`` from its latest checkpoint (same config and inputs; ``stop_after`` may change)."""
+    in ``out`` from its latest checkpoint (same config and inputs; ``stop_after`` may change). ``evaluator`` plays
+    the periodic evaluations (needed when ``eval_episodes`` > 0; ``jowa_core.recipes.finetune.run_finetune`` passes
+    the paper's protocol)."""
     reporter = reporter or NullReporter()
     _check(cfg)
+    if cfg.eval_episodes and evaluator is None:
+        raise ValueError("eval_episodes > 0 needs an evaluator: call jowa_core.recipes.finetune.run_finetune, or set "
+                         "eval_episodes=0")
     out = Path(out)
     info = _games.get(game)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("fine-tuning runs in one process (no torchrun)")
     device = pick_device(cfg.device, 0)
     ctx = jdist.DistContext(device=device)
-    resume_from = _prepare_out(out, resume, ctx)
+    resume_from = prepare_run(out, resume)
     if not Path(data).exists():
         raise FileNotFoundError(f"no store at {data}")
     tok = None
@@ -373,7 +381,7 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
     ds = loader.dataset
     if ds.games != [info.name]:
         raise ValueError(f"{data} holds {', '.join(ds.games)}, not {info.name}")
-    vocab = None if cfg.train_tokenizer else _store_vocab(ds.paths)
+    vocab = None if cfg.train_tokenizer else store_vocab(ds.paths)
     if vocab is not None and vocab != mcfg.obs_vocab:
         raise ValueError(f"the store's obs_tokens have vocab {vocab}, the model {mcfg.obs_vocab}")
     syn_loader = make_loader(data, max(n_syn, 1) * 2, seq_len=R, stride=cfg.synthetic_stride,
@@ -382,7 +390,7 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
     inputs = {"source_checkpoint": str(Path(ckpt_path).resolve()), "tokenizer_source": str(Path(tokenizer).resolve()),
               "game": info.name, "data": str(Path(data).resolve())}
     if resume_from is not None:
-        saved = read_yaml(resume_from / "config.yaml")
+        saved = read_yaml(resume_from / CONFIG_FILE)
         _check_resume({**(saved.get("finetune") or {}), **(saved.get("inputs") or {})}, cfg, inputs, resume_from)
 
     if cfg.from_scratch:
@@ -399,8 +407,7 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
                                                 tokenizer_batch_size=cfg.tokenizer_batch_size,
                                                 perceptual_weights=cfg.perceptual_weights), ctx)
     support = model.support
-    use_amp = device.type == "cuda" and cfg.amp != "off" or cfg.amp == "bf16"
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
+    autocast = devices.autocast(device, cfg.amp)
 
     total = cfg.stage1_steps + cfg.stage2_steps
     state: dict[str, Any] = {"step": 0, "stage": 1, "games": [info.name], "real": [0, 0], "synthetic": [0, 0],
@@ -413,8 +420,8 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
     else:
         torch.manual_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, out / "config.yaml")
-    _metrics_file(out / "metrics.csv", state["step"])
+    save_yaml(cfg, out / CONFIG_FILE)
+    log = MetricsLog(out, METRICS, state["step"])
     run_cfg = _RunConfig(mcfg, cfg, inputs)
     real_batches = _Cursor(loader, state["real"])
     syn_batches = _Cursor(syn_loader, state["synthetic"]) if syn_loader is not None else None
@@ -437,16 +444,9 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
         return path
 
     def run_eval(path: Path, step: int) -> dict[str, Any]:
-        from jowa_core.evaluation.envs import EvalSettings
-        from jowa_core.evaluation.runner import evaluate
-
-        rng = _rng_state(device)  # the evaluation must not change the training's random streams
-        res = evaluate(path, eval_tok(path), info.name, episodes=cfg.eval_episodes,
-                       settings=EvalSettings(max_frames=cfg.eval_max_frames), beam=cfg.eval_beam,
-                       horizon=cfg.eval_horizon, plan=cfg.eval_plan, seed=cfg.seed, device=str(device),
-                       backend=cfg.eval_backend, out_json=out / "evals" / f"step_{step:08d}.json")
-        _set_rng_state(rng, device)
-        g = res["games"][info.name]
+        rng = rng_state(device)  # the evaluation must not change the training's random streams
+        g = evaluator(path, eval_tok(path), step, out / "evals" / f"step_{step:08d}.json")
+        set_rng_state(rng, device)
         return {"step": step, "mean": g["mean"], "iqm": g["iqm"], "std": g["std"], "raw_scores": g["raw_scores"]}
 
     model.train()
@@ -462,12 +462,12 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
         if joint_tok is not None:  # train the tokenizer, then tokenise with it (no gradient)
             with autocast():
                 tok_terms = joint_tok.step(batch["obs"], batch["valid"])
-            batch = _encode_frames(tok, batch)
+            batch = encode_frames(tok, batch)
         if n_s:
             ctx_batch = _own_task({k: v.to(device) for k, v in _full_contexts(syn_batches, n_s).items()},
                                   info.task_id, mask)
             if joint_tok is not None:
-                ctx_batch = _encode_frames(tok, ctx_batch)
+                ctx_batch = encode_frames(tok, ctx_batch)
             syn = synthesize(model, ctx_batch, cfg.imagine_beam, cfg.imagine_horizon, cfg.gamma)
             batch = _concat(_pad_steps(batch, syn["action"].shape[1]), syn)
         real = torch.arange(len(batch["action"]), device=device) < len(batch["action"]) - n_s
@@ -491,19 +491,18 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
             e = run_eval(path, step)
             evals.append(e)
             if best is None or e["mean"] > best["mean"]:
-                with ckpt.atomic_dir(out / "best") as tmp:
+                with ckpt.atomic_dir(out / BEST_DIR) as tmp:
                     shutil.rmtree(tmp)
                     shutil.copytree(path, tmp)
-                best = {"path": str(out / "best"), "step": step, "mean": e["mean"], "iqm": e["iqm"],
-                        "tokenizer": str(eval_tok(out / "best"))}
+                best = {"path": str(out / BEST_DIR), "step": step, "mean": e["mean"], "iqm": e["iqm"],
+                        "tokenizer": str(eval_tok(out / BEST_DIR))}
             row.update(eval_mean=e["mean"], eval_iqm=e["iqm"], best_mean=best["mean"])
             reporter.log(f"step {step}: eval mean return {e['mean']:.1f} (best {best['mean']:.1f} at step "
                          f"{best['step']})")
         if step % cfg.log_every == 0 or step == total or do_eval:
             row.update({k: v / n_sum for k, v in sums.items()}, step=step, stage=stage,
                        elapsed_s=time.perf_counter() - t0)
-            with open(out / "metrics.csv", "a", newline="") as f:
-                csv.DictWriter(f, METRICS).writerow({k: row.get(k, "") for k in METRICS})
+            log.write(row)
             reporter.log(f"step {step} (stage {stage}) loss {row['loss']:.4f} td {row['td']:.4f} "
                          f"{cfg.action_loss if stage == 2 else 'cql'} {row['action_loss']:.4f}")
             sums, n_sum = {}, 0
@@ -512,35 +511,24 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
                          synthetic=syn_batches.position if syn_batches is not None else [0, 0], log_sums=sums,
                          log_n=n_sum, evals=evals, best=best, elapsed_s=time.perf_counter() - t0)
             save_checkpoint(out, model, opt, state, run_cfg, ctx, joint_tok, keep=cfg.keep_checkpoints, gamma=cfg.gamma)
+    log.close()
     if step < total:
         reporter.log(f"stopped at step {step} of {total}: continue with --resume")
         return {"out": str(out), "step": step, "finished": False, "param_fingerprint": param_fingerprint(model)}
     final_stage = 2 if cfg.stage2_steps else 1
-    model_dir(out / "final", step, final_stage)
+    model_dir(out / FINAL_DIR, step, final_stage)
     summary = {"out": str(out), "game": info.name, "task_id": info.task_id, "step": step, "finished": True,
                "from_scratch": cfg.from_scratch, "source_checkpoint": str(ckpt_path),
                "source_step": meta.get("step"),
-               "final": {"path": str(out / "final"), "step": step, "tokenizer": str(eval_tok(out / "final"))},
+               "final": {"path": str(out / FINAL_DIR), "step": step, "tokenizer": str(eval_tok(out / FINAL_DIR))},
                "best": best, "evals": evals, "synthetic_per_batch": n_syn, "device": str(device),
                "tokenizer": {"source": str(tokenizer), "trained": cfg.train_tokenizer,
-                             "final": str(eval_tok(out / "final")),
+                             "final": str(eval_tok(out / FINAL_DIR)),
                              "best": best["tokenizer"] if best else None},
                "trainable_parameters": model.num_trainable_parameters(),
                "param_fingerprint": param_fingerprint(model), "config": to_dict(cfg)}
-    ckpt.write_json_atomic(out / "summary.json", summary)
+    ckpt.write_json_atomic(out / SUMMARY_FILE, summary)
     return summary
-
-
-def _metrics_file(path: Path, start_step: int) -> None:
-    """A metrics.csv with its header and the rows up to ``start_step`` (those of the run being resumed)."""
-    rows = []
-    if start_step > 0 and path.exists():
-        with open(path) as f:
-            rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= start_step]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, METRICS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
 
 
 def _pad_steps(batch: dict[str, Tensor], steps: int) -> dict[str, Tensor]:

@@ -12,13 +12,10 @@ synchronised by calling the wrapper; CQL's logsumexp runs over the game's valid 
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import math
 import os
-import shutil
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,8 +25,10 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from jowa_core import checkpoint as ckpt
+from jowa_core import devices
 from jowa_core import dist as jdist
 from jowa_core.config import from_dict, save_yaml, to_dict
+from jowa_core.constants import CHECKPOINTS_DIR, CONFIG_FILE, FINAL_DIR, OBS_TOKENS, OPTIMIZER_FILE, STATE_FILE
 from jowa_core.data.segments import make_loader
 from jowa_core.games import resolve as resolve_games
 from jowa_core.models.losses import cql_loss, expected_q, td_loss, world_losses
@@ -37,6 +36,7 @@ from jowa_core.models.lpips import load_lpips
 from jowa_core.models.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer, save_tokenizer
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, segment_tokens
 from jowa_core.progress import NullReporter
+from jowa_core.train.run import MetricsLog, prepare_run, rng_state, set_rng_state, training_checkpoint
 from jowa_core.train.step import optimizer_step
 
 
@@ -181,19 +181,6 @@ def set_stage_lr(opt: torch.optim.Optimizer, stage: int, cfg: TrainConfig, facto
 # Checkpoints
 
 
-def _rng_state(device: torch.device) -> dict[str, Tensor]:
-    state = {"torch_cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["torch_cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["torch_cpu"])
-    if device.type == "cuda" and "torch_cuda" in state:
-        torch.cuda.set_rng_state(state["torch_cuda"], device)
-
-
 def save_checkpoint(out: Path, model: WorldActionModel, opt: torch.optim.Optimizer, state: dict[str, Any],
                     cfg: Any, ctx: jdist.DistContext, joint_tok: JointTokenizer | None = None, *, keep: int,
                     gamma: float, tokens_tokenizer: str | None = None) -> Path:
@@ -202,42 +189,31 @@ def save_checkpoint(out: Path, model: WorldActionModel, opt: torch.optim.Optimiz
     config (a dataclass with the architecture in ``cfg.model``), saved as its config.yaml; ``gamma`` (the planner's
     discount) and ``tokens_tokenizer`` (sha256 of the tokenizer that made the training tokens, checked when the
     model is evaluated) go into the model metadata."""
-    name = f"step_{state['step']:08d}"
-    root = out / "checkpoints"
-    tmp, final = root / f".{name}.partial", root / name
-    if ctx.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    jdist.barrier(ctx)
-    ckpt.save_tensors(tmp / f"rng_rank{ctx.rank}.safetensors", _rng_state(ctx.device))
-    jdist.barrier(ctx)
-    if ctx.is_main:
-        ckpt.write_model_files(tmp, "world_action", to_dict(cfg.model), model.state_dict(),
-                               step=state["step"], stage=state["stage"], games=state.get("games"), gamma=gamma,
-                               tokens_tokenizer_sha256=tokens_tokenizer)
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        ckpt.write_json_atomic(tmp / "state.json", {**state, "world_size": ctx.world_size})
-        save_yaml(cfg, tmp / "config.yaml")
-        if joint_tok is not None:
-            joint_tok.save(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        ckpt.mark_latest(out, name, keep=keep)
-    jdist.barrier(ctx)
-    return final
+    with training_checkpoint(out, state["step"], keep, ctx) as tmp:
+        ckpt.save_tensors(tmp / f"rng_rank{ctx.rank}.safetensors", rng_state(ctx.device))
+        jdist.barrier(ctx)  # every rank's RNG file is in before rank 0 finishes the directory
+        if ctx.is_main:
+            ckpt.write_model_files(tmp, "world_action", to_dict(cfg.model), model.state_dict(),
+                                   step=state["step"], stage=state["stage"], games=state.get("games"), gamma=gamma,
+                                   tokens_tokenizer_sha256=tokens_tokenizer)
+            torch.save(opt.state_dict(), tmp / OPTIMIZER_FILE)
+            ckpt.write_json_atomic(tmp / STATE_FILE, {**state, "world_size": ctx.world_size})
+            save_yaml(cfg, tmp / CONFIG_FILE)
+            if joint_tok is not None:
+                joint_tok.save(tmp)
+    return out / CHECKPOINTS_DIR / f"step_{state['step']:08d}"
 
 
 def load_checkpoint(path: Path, model: WorldActionModel, opt: torch.optim.Optimizer,
                     ctx: jdist.DistContext) -> dict[str, Any]:
     meta, tensors = ckpt.load_model(path, "world_action")
     model.load_state_dict(tensors)
-    opt.load_state_dict(torch.load(path / "optimizer.pt", map_location=ctx.device, weights_only=True))
-    state = ckpt.read_json(path / "state.json")
+    opt.load_state_dict(torch.load(path / OPTIMIZER_FILE, map_location=ctx.device, weights_only=True))
+    state = ckpt.read_json(path / STATE_FILE)
     if state.get("world_size", 1) != ctx.world_size:
         raise ValueError(f"{path} was written by {state.get('world_size')} processes; resume with the same number "
                          f"(now {ctx.world_size})")
-    _set_rng_state(ckpt.load_tensors(path / f"rng_rank{ctx.rank}.safetensors"), ctx.device)
+    set_rng_state(ckpt.load_tensors(path / f"rng_rank{ctx.rank}.safetensors"), ctx.device)
     return state
 
 
@@ -286,61 +262,6 @@ class JointTokenizer:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Logging
-
-
-class MetricsLog:
-    """metrics.csv (+ TensorBoard, + wandb) on rank 0. On resume, rows after the checkpoint are dropped."""
-
-    def __init__(self, out: Path, cfg: PretrainConfig, start_step: int, enabled: bool):
-        self.enabled = enabled
-        self.tb = self.wandb = None
-        if not enabled:
-            return
-        self.path = out / "metrics.csv"
-        rows = []
-        if self.path.exists() and start_step > 0:
-            with open(self.path) as f:
-                rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= start_step]
-        with open(self.path, "w", newline="") as f:
-            w = csv.DictWriter(f, METRICS)
-            w.writeheader()
-            w.writerows(rows)
-        if cfg.train.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(out / "tb"), purge_step=start_step + 1 if start_step else None)
-            except ImportError:
-                self.tb = None
-        if cfg.train.wandb:
-            import wandb  # optional extra: pip install jowa[wandb]
-
-            self.wandb = wandb.init(project=cfg.train.wandb_project, config=to_dict(cfg), dir=str(out),
-                                    resume="allow")
-
-    def write(self, row: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, METRICS).writerow({k: row.get(k, "") for k in METRICS})
-        step = int(row["step"])
-        if self.tb is not None:
-            for k, v in row.items():
-                if k not in ("step", "epoch"):
-                    self.tb.add_scalar(f"pretrain/{k}", v, step)
-            self.tb.flush()
-        if self.wandb is not None:
-            self.wandb.log(row, step=step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-        if self.wandb is not None:
-            self.wandb.finish()
-
-
-# --------------------------------------------------------------------------------------------------------
 # Training
 
 
@@ -348,23 +269,13 @@ def _to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tens
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _encode_frames(tokenizer: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+def encode_frames(tokenizer: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
     """Replace ``obs`` (B, L, 84, 84) uint8 frames by ``obs_tokens`` (B, L, 36) from a frozen tokenizer."""
     obs = batch.pop("obs")
     B, L = obs.shape[:2]
     with torch.no_grad():
         batch["obs_tokens"] = tokenizer.encode(obs.reshape(B * L, *obs.shape[2:])).view(B, L, -1)
     return batch
-
-
-def _prepare_out(out: Path, resume: bool, ctx: jdist.DistContext) -> Path | None:
-    """The checkpoint to resume from (None: fresh run). A fresh run needs an empty or missing ``out``."""
-    latest = ckpt.latest_checkpoint(out)
-    if resume:
-        return latest
-    if ctx.is_main and out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out} is not empty: pass --resume to continue that run, or choose another --out")
-    return None
 
 
 def pretrain(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, reporter=None) -> dict[str, Any]:
@@ -390,7 +301,7 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
         raise ValueError("train.stage1_steps + train.stage2_steps must be >= 1")
     if not 0.0 <= tcfg.lr_final_ratio <= 1.0:
         raise ValueError(f"train.lr_final_ratio must be in [0, 1], got {tcfg.lr_final_ratio}")
-    resume_from = _prepare_out(out, resume, ctx)
+    resume_from = prepare_run(out, resume, ctx.is_main)
 
     games = resolve_games(dcfg.games) if dcfg.games else None
     loader = make_loader(dcfg.path, tcfg.batch_size // ctx.world_size, seq_len=dcfg.seq_len, stride=dcfg.stride,
@@ -415,7 +326,7 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
         tokenizer.eval().requires_grad_(False)
         vocab = tokenizer.cfg.vocab_size
     else:
-        vocab = _store_vocab(dataset.paths)
+        vocab = store_vocab(dataset.paths)
     if vocab is not None and vocab != cfg.model.obs_vocab:
         raise ValueError(f"the observation tokens come from a tokenizer with vocab {vocab}, but model.obs_vocab is "
                          f"{cfg.model.obs_vocab}; set model.obs_vocab={vocab}")
@@ -429,7 +340,7 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
     jdist.barrier(ctx)
     if ctx.is_main and resume_from is None:  # only now that the data and config are known to be usable
         out.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, out / "config.yaml")
+        save_yaml(cfg, out / CONFIG_FILE)
     torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
     model = WorldActionModel(cfg.model).to(ctx.device)
     opt = build_optimizer(model, tcfg)
@@ -438,15 +349,14 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
     if resume_from is not None:
         state.update(load_checkpoint(resume_from, model, opt, ctx))
         if ctx.is_main:  # the checkpoint fits this config: it is the run's config from now on
-            save_yaml(cfg, out / "config.yaml")
+            save_yaml(cfg, out / CONFIG_FILE)
         if joint_tok is not None:
             joint_tok.load(resume_from)
         reporter.log(f"resuming from {resume_from} at step {state['step']}")
     else:
         torch.manual_seed(tcfg.seed * 1_000_003 + ctx.rank)  # dropout streams differ per rank
     support = model.support
-    use_amp = ctx.device.type == "cuda" and tcfg.amp != "off" or tcfg.amp == "bf16"
-    autocast = (lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
+    autocast = devices.autocast(ctx.device, tcfg.amp)
 
     wrapped: nn.Module = model
     current_stage = 0
@@ -463,7 +373,8 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
             net = DistributedDataParallel(net, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
         return net
 
-    log = MetricsLog(out, cfg, state["step"], ctx.is_main)
+    log = MetricsLog(out, METRICS, state["step"], ctx.is_main, tensorboard="pretrain" if tcfg.tensorboard else None,
+                     wandb={"project": tcfg.wandb_project, "config": to_dict(cfg)} if tcfg.wandb else None)
     task = reporter.task("pretrain", total=total_steps, unit="steps")
     reporter.advance(task, state["step"])
     sums: dict[str, Tensor] = {}
@@ -486,7 +397,7 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
                 with autocast():
                     terms_tok = joint_tok.step(batch["obs"], batch["valid"])
             if tokenizer is not None:
-                batch = _encode_frames(tokenizer, batch)
+                batch = encode_frames(tokenizer, batch)
             with autocast():
                 loss, terms = jowa_loss(wrapped, batch, stage, tcfg, support)
             grad_norm = optimizer_step(opt, loss, [p for p in model.parameters() if p.requires_grad], tcfg.grad_clip)
@@ -522,7 +433,7 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
     log.close()
     if ctx.is_main and step >= total_steps:
         latest = ckpt.latest_checkpoint(out)
-        final = out / "final"
+        final = out / FINAL_DIR
         with ckpt.atomic_dir(final) as tmp:
             ckpt.write_model_files(tmp, "world_action", to_dict(cfg.model), model.state_dict(), step=step,
                                    stage=state["stage"], games=dataset.games, gamma=cfg.train.gamma,
@@ -552,13 +463,13 @@ def _format_row(row: dict[str, float]) -> str:
     return " ".join(parts)
 
 
-def _store_vocab(paths: list[Path]) -> int | None:
+def store_vocab(paths: list[Path]) -> int | None:
     """The tokenizer vocab recorded with the stores' obs_tokens (None when not recorded)."""
     import zarr
 
     vocabs = set()
     for p in paths:
-        attrs = dict(zarr.open_group(str(p), mode="r", zarr_format=3)["obs_tokens"].attrs)
+        attrs = dict(zarr.open_group(str(p), mode="r", zarr_format=3)[OBS_TOKENS].attrs)
         v = (attrs.get("tokenizer_config") or {}).get("vocab_size")
         if v is not None:
             vocabs.add(int(v))

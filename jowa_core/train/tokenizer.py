@@ -24,9 +24,7 @@ Run directory ``<out>``:
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import math
 import os
 import time
@@ -40,13 +38,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from jowa_core import checkpoint as ckpt
+from jowa_core import devices
 from jowa_core import games as registry
 from jowa_core.config import ConfigError, save_yaml, to_dict
+from jowa_core.constants import CHECKPOINTS_DIR, CONFIG_FILE, FINAL_DIR, OPTIMIZER_FILE, STATE_FILE
 from jowa_core.data.store import FRAME_SHAPE, FrameReader, GameStore, StoreError, list_stores, open_store
 from jowa_core.devices import pick_device
 from jowa_core.models.lpips import LPIPS, load_lpips
 from jowa_core.models.tokenizer import KIND, Tokenizer, TokenizerConfig, restart_dead_codes, tokenizer_tensors
 from jowa_core.progress import NullReporter, Reporter
+from jowa_core.train.run import MetricsLog, prepare_run, rng_state, set_rng_state, training_checkpoint
 from jowa_core.train.step import optimizer_step
 
 METRIC_COLUMNS = (
@@ -229,33 +230,6 @@ def write_grid(path: Path, originals: np.ndarray, reconstructions: np.ndarray, c
     os.replace(tmp, path)
 
 
-class MetricsCSV:
-    """``metrics.csv``: rows appended and flushed; on resume rows after the checkpoint's step are dropped."""
-
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
-        kept: list[dict[str, str]] = []
-        if resume_step is not None and path.is_file():
-            with open(path, newline="") as f:
-                kept = [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= resume_step]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(kept)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(buf.getvalue())
-        os.replace(tmp, path)
-        self.file = open(path, "a", newline="")  # noqa: SIM115 - kept open for the run
-        self.writer = csv.DictWriter(self.file, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-
-    def write(self, row: dict[str, Any]) -> None:
-        self.writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-
-
 def read_metrics(path: str | Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -277,37 +251,21 @@ def codebook_stats(tokens: torch.Tensor, vocab_size: int) -> tuple[float, float]
 # Checkpoints
 
 
-def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"torch_cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["torch_cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["torch_cpu"])
-    if device.type == "cuda" and "torch_cuda" in state:
-        torch.cuda.set_rng_state(state["torch_cuda"], device)
-
-
 def save_training_checkpoint(out: Path, step: int, model: Tokenizer, opt: torch.optim.Optimizer,
                              cfg: TokenizerTrainConfig, data_info: list[dict[str, Any]], device: torch.device,
                              code_age: torch.Tensor) -> Path:
-    name = f"step_{step:08d}"
-    path = out / "checkpoints" / name
-    with ckpt.atomic_dir(path) as tmp:
+    with training_checkpoint(out, step, cfg.keep_checkpoints) as tmp:
         ckpt.write_model_files(tmp, KIND, to_dict(cfg.model), tokenizer_tensors(model), step=step,
                                train_config=to_dict(cfg))
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        ckpt.save_tensors(tmp / "rng.safetensors", {**_rng_state(device), "code_age": code_age.cpu()})
-        ckpt.write_json_atomic(tmp / "state.json", {"step": step, "data": data_info})
-    ckpt.mark_latest(out, name, keep=cfg.keep_checkpoints)
-    return path
+        torch.save(opt.state_dict(), tmp / OPTIMIZER_FILE)
+        ckpt.save_tensors(tmp / "rng.safetensors", {**rng_state(device), "code_age": code_age.cpu()})
+        ckpt.write_json_atomic(tmp / STATE_FILE, {"step": step, "data": data_info})
+    return out / CHECKPOINTS_DIR / f"step_{step:08d}"
 
 
 def _check_resumable(path: Path, cfg: TokenizerTrainConfig, data_info: list[dict[str, Any]]) -> int:
     meta = ckpt.read_meta(path)
-    state = ckpt.read_json(path / "state.json")
+    state = ckpt.read_json(path / STATE_FILE)
     old = dict(meta.get("train_config") or {})
     new = to_dict(cfg)
     changed = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
@@ -344,11 +302,10 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data: str | os.PathLike, out: str
         raise TrainError(str(e)) from None
     device = _resolve_device(cfg.device)
 
-    latest = ckpt.latest_checkpoint(out) if resume else None
-    if not resume and out.exists() and any(out.iterdir()):
-        raise TrainError(f"{out} is not empty; pass --resume to continue that run, or choose another --out")
-    if out.exists() and not out.is_dir():
-        raise TrainError(f"{out} exists and is not a directory")
+    try:
+        latest = prepare_run(out, resume)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
     out.mkdir(parents=True, exist_ok=True)
 
     heldout_per = [cfg.heldout_frames // len(stores) + (i < cfg.heldout_frames % len(stores))
@@ -366,13 +323,13 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data: str | os.PathLike, out: str
         start = _check_resumable(latest, cfg, data_info)
         _, tensors = ckpt.load_model(latest, KIND, device=device)
         model.load_state_dict(tensors)
-        opt.load_state_dict(torch.load(latest / "optimizer.pt", map_location=device, weights_only=True))
-        rng_state = ckpt.load_tensors(latest / "rng.safetensors")
-        _set_rng_state(rng_state, device)
-        if "code_age" in rng_state:
-            code_age.copy_(rng_state["code_age"])
+        opt.load_state_dict(torch.load(latest / OPTIMIZER_FILE, map_location=device, weights_only=True))
+        saved_rng = ckpt.load_tensors(latest / "rng.safetensors")
+        set_rng_state(saved_rng, device)
+        if "code_age" in saved_rng:
+            code_age.copy_(saved_rng["code_age"])
         reporter.log(f"resuming {out} from {latest.name} (step {start})")
-    save_yaml(cfg, out / "config.yaml")
+    save_yaml(cfg, out / CONFIG_FILE)
 
     perceptual: LPIPS | None = None
     if cfg.perceptual_weights:
@@ -383,8 +340,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data: str | os.PathLike, out: str
         reporter.log("no perceptual_weights: training WITHOUT the perceptual (LPIPS) loss term; the paper's loss "
                      "has it (see docs/tokenizer.md for how to supply the weights)")
 
-    use_amp = cfg.amp and device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+    autocast = devices.autocast(device, cfg.amp)
     heldout = np.concatenate([read_rows(FrameReader(Path(p.path) / "obs"), p.heldout_rows) for p in parts])
     grid_idx = np.linspace(0, len(heldout) - 1, num=min(cfg.grid_frames, len(heldout))).round().astype(int) \
         if len(heldout) else np.zeros(0, int)
@@ -407,7 +363,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data: str | os.PathLike, out: str
             write_grid(out / "samples" / f"step_{step:08d}.png", heldout[grid_idx], rec)
         return float(torch.cat(errs).mean())
 
-    metrics = MetricsCSV(out / "metrics.csv", resume_step=start)
+    metrics = MetricsLog(out, METRIC_COLUMNS, start)
     dataset = FrameBatches(parts, cfg.batch_size, cfg.seed)
     task = reporter.task("train tokenizer", total=cfg.steps, unit="steps")
     if start:
@@ -415,7 +371,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data: str | os.PathLike, out: str
     t_begin = time.perf_counter()
     t_window, frames_window = t_begin, 0
     last_row: dict[str, Any] = {}
-    final_path = out / "final"
+    final_path = out / FINAL_DIR
     restarted = 0  # codes restarted since the last metrics row
     model.train()
     try:
