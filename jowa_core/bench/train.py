@@ -306,7 +306,8 @@ def bench_train(preset: str = "150m", batch_size: int = 512, steps: int = 20, wa
     ``precision``: auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp32 (``off`` is read as fp32).
     ``overrides``: ``model.key=value`` / ``train.key=value``. ``peak_tflops`` overrides the device table
     (needed for an MFU on CPU or on a GPU not in ``PEAK_TFLOPS``). Raises ``BatchDoesNotFit`` (a ValueError)
-    when our configuration runs out of memory; a baseline that runs out of memory is reported as such. ``markdown``: append a dated section.
+    when our configuration runs out of memory; a baseline that runs out of memory is reported as such.
+    ``markdown``: append a dated section.
     """
     reporter = reporter or NullReporter()
     if precision not in ("auto", "bf16", "fp32", "off"):
