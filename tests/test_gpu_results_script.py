@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "GAMES": "Pong,Breakout", "STEPS": "300", "CAPACITY": "300", "MAX_EPISODE_STEPS": "100", "COLLECT_WORKERS": "1",
@@ -21,6 +23,7 @@ TINY = {
 }
 
 
+@pytest.mark.slow
 def test_gpu_results_script_runs_every_stage(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, **TINY, "OUT": str(out), "JOWA": str(Path(sys.executable).parent / "jowa")}

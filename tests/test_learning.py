@@ -23,6 +23,7 @@ MIN_GREEDY = 3.0  # mean return over 32 episodes; random (exact) 1.67, perfect 1
 MIN_PLAN = 3.0
 
 
+@pytest.mark.slow
 def test_catch_learns_from_random_data(tmp_path):
     s = run_learning_check(tmp_path / "run", seed=0, reporter=NullReporter())
     random, data, greedy, plan = s["random"]["mean"], s["data"]["mean"], s["greedy"]["mean"], s["plan"]["mean"]

@@ -1,8 +1,8 @@
 """`jowa bench data`: converter and loader throughput, each next to a baseline measured in the same run.
 
 * Converter: DQN-Replay-format logs are made from real Atari frames (ale-py, random policy, frames tiled to
-  the requested capacity) through the production logger writer, then converted by ``jowa prepare-data`` in
-  a subprocess. Reported: MB/s of raw frames per worker, peak RSS of the largest single process
+  the requested capacity) through the production logger writer, then converted by the prepare-data pipeline in
+  a fresh (spawned) process. Reported: MB/s of raw frames per worker, peak RSS of the largest single process
   (sampled every 50 ms), and the ratio to plain gzip decoding of the same observation file (the floor
   any converter pays).
 * Loader: random 8-step segments per second from the frame store in one process, against zarr-python
@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import multiprocessing
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from jowa_core.bench.table import append_section
+from jowa_core.data.convert import PrepareOptions, prepare_data
 from jowa_core.data.dopamine_writer import LoggedReplayWriter
 from jowa_core.data.segments import benchmark_loader
 from jowa_core.data.store import open_store
@@ -61,22 +61,30 @@ def make_logs(root: Path, capacity: int, files: int, pool_frames: int = 4000, se
     return log_dir
 
 
-def _run_measuring_rss(cmd: list[str]) -> float:
-    """Run ``cmd``; return the peak RSS (MB) of its largest single process (parent or worker), sampled."""
+def _prepare_in_child(opts: PrepareOptions, summary_path: str) -> None:
+    """The converter in a child process (spawned), its summary written as JSON (the process's RSS is measured)."""
+    Path(summary_path).write_text(json.dumps({"stores": prepare_data(opts)}, default=str))
+
+
+def _run_measuring_rss(opts: PrepareOptions, summary_path: Path) -> float:
+    """Run the converter in a fresh process; return the peak RSS (MB) of its largest single process (parent or
+    worker), sampled every 50 ms."""
     import psutil
 
-    proc = subprocess.Popen(cmd)
+    proc = multiprocessing.get_context("spawn").Process(target=_prepare_in_child, args=(opts, str(summary_path)))
+    proc.start()
     peak: dict[int, int] = {}
     ps = psutil.Process(proc.pid)
-    while proc.poll() is None:
+    while proc.is_alive():
         try:
             for p in [ps, *ps.children(recursive=True)]:
                 peak[p.pid] = max(peak.get(p.pid, 0), p.memory_info().rss)
         except psutil.Error:
             pass
         time.sleep(0.05)
-    if proc.returncode:
-        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    proc.join()
+    if proc.exitcode:
+        raise RuntimeError(f"prepare-data failed in the benchmark (exit code {proc.exitcode})")
     return max(peak.values(), default=0) / 1e6
 
 
@@ -118,10 +126,9 @@ def bench_data(
 
     out = root / "out"
     summary_path = root / "summary.json"
-    cmd = [sys.executable, "-m", "jowa_cli.main", "prepare-data", "--source", str(root / "src"), "--games", GAME,
-           "--out", str(out), "--workers", str(workers), "--json", str(summary_path), "--quiet"]
+    opts = PrepareOptions(source=str(root / "src"), out=str(out), games=[GAME], workers=workers)
     t0 = time.perf_counter()
-    peak_rss_mb = _run_measuring_rss(cmd)
+    peak_rss_mb = _run_measuring_rss(opts, summary_path)
     wall = time.perf_counter() - t0
     (store_summary,) = json.loads(summary_path.read_text())["stores"]
     raw_mb = store_summary["raw_bytes"] / 1e6
