@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +191,67 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
         return None
     path = latest.parent / latest.read_text().strip()
     return path if (path / META).is_file() else None
+
+
+# --------------------------------------------------------------------------------------------------------
+# Foreign state dicts (official .pt files, LPIPS weights): one reader, one prefix rule, one key/shape check.
+
+# Prefixes that wrappers add to every key: DDP (``module.``), torch.compile (``_orig_mod.``), both. Longest first.
+WRAPPER_PREFIXES = ("_orig_mod.module.", "module.", "_orig_mod.")
+
+
+def strip_wrapper_prefix(state: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """(the state dict without the wrapper prefix all its keys share, the prefix removed: '' when none)."""
+    for prefix in WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            return {k[len(prefix):]: v for k, v in state.items()}, prefix
+    return dict(state), ""
+
+
+def read_state_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, or of a torch file loaded with ``weights_only=True`` (no pickle code);
+    ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers are opened."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    if path.suffix == ".safetensors":
+        return load_tensors(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt file, pickle with code, not a torch file
+        raise CheckpointError(f"{path}: cannot read as a torch file with weights_only=True ({e})") from None
+    for key in ("state_dict", "model"):  # common wrappers
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def some_keys(keys: list[str], n: int = 8) -> str:
+    """The first ``n`` keys, and how many there are when there are more."""
+    return ", ".join(keys[:n]) + (f" ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def state_dict_problems(expected: Mapping[str, tuple[int, ...]], actual: Mapping[str, torch.Tensor]) -> list[str]:
+    """What keeps ``actual`` from having exactly ``expected``'s keys and shapes (empty when it does)."""
+    missing = sorted(set(expected) - set(actual))
+    unexpected = sorted(set(actual) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(actual) if tuple(actual[k].shape) != tuple(expected[k]))
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {some_keys(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {some_keys(unexpected)}")
+    if wrong:
+        problems.append("shape mismatch: " + some_keys([f"{k} {tuple(actual[k].shape)} vs {tuple(expected[k])}"
+                                                        for k in wrong]))
+    return problems
+
+
+def load_state_dict_checked(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: Any) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming ``source`` and the bad keys."""
+    problems = state_dict_problems({k: tuple(v.shape) for k, v in module.state_dict().items()}, state)
+    if problems:
+        raise CheckpointError(f"{source}: does not fit the model; " + "; ".join(problems))
+    module.load_state_dict(state, strict=True)

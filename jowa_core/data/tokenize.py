@@ -19,7 +19,6 @@ continues the partial array if it was made by the same tokenizer with the same p
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import time
@@ -32,6 +31,7 @@ import torch
 import zarr
 from zarr.codecs import ZstdCodec
 
+from jowa_core import devices
 from jowa_core.config import to_dict
 from jowa_core.constants import OBS_TOKENS, TOKENS_PER_OBS, jowa_version
 from jowa_core.data.store import StoreError, list_stores, open_store
@@ -61,11 +61,10 @@ def existing_tokens_attrs(store_path: Path) -> dict[str, Any] | None:
 
 
 def _resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision not in ("bf16", "fp32"):
+    """The precision recorded with the tokens: bf16 or fp32 (``devices.use_bf16`` decides "auto")."""
+    if precision not in devices.PRECISIONS:
         raise TokenizeError(f"precision must be auto, bf16 or fp32, got {precision!r}")
-    return precision
+    return "bf16" if devices.use_bf16(device, precision) else "fp32"
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -160,7 +159,7 @@ def tokenize_stores(
             )
         plans.append((st, "encode"))
 
-    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if prec == "bf16" else contextlib.nullcontext
+    autocast = devices.autocast(dev, prec)
     results = []
     t_all = time.perf_counter()
     encoded_frames = 0

@@ -38,7 +38,7 @@ from jowa_core.models.lpips import LPIPS
 from jowa_core.models.tokenizer import Tokenizer, TokenizerConfig, save_tokenizer
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, save_world_action
 
-OFFICIAL_PREFIXES = ("_orig_mod.module.", "module.", "_orig_mod.")  # longest first
+OFFICIAL_PREFIXES = ckpt.WRAPPER_PREFIXES  # longest first
 OFFICIAL_HEAD_DIM = 64  # every released model: 512/8 and 768/12
 LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
 LPIPS_PREFIX = "lpips."
@@ -96,10 +96,7 @@ def strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 
 def strip_prefix_named(state_dict: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """(state dict without the shared prefix, the prefix removed: '' when none)."""
-    for prefix in OFFICIAL_PREFIXES:
-        if state_dict and all(k.startswith(prefix) for k in state_dict):
-            return {k[len(prefix):]: v for k, v in state_dict.items()}, prefix
-    return dict(state_dict), ""
+    return ckpt.strip_wrapper_prefix(state_dict)
 
 
 def read_official(path: str | Path) -> dict[str, Tensor]:
@@ -137,17 +134,7 @@ def _some(keys: list[str], n: int = 6) -> str:
 def _check_against(expected: Mapping[str, tuple[int, ...]], actual: Mapping[str, Tensor], source: str,
                    what: str) -> None:
     """Error (one line, naming ``source`` and the keys) unless ``actual`` has exactly ``expected``'s keys/shapes."""
-    missing = sorted(set(expected) - set(actual))
-    unexpected = sorted(set(actual) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(actual) if tuple(actual[k].shape) != tuple(expected[k]))
-    problems = []
-    if missing:
-        problems.append(f"missing key(s) {_some(missing)}")
-    if unexpected:
-        problems.append(f"unexpected key(s) {_some(unexpected)}")
-    if wrong:
-        problems.append("shape mismatch " + _some([f"{k} {tuple(actual[k].shape)} (expected {tuple(expected[k])})"
-                                                   for k in wrong]))
+    problems = ckpt.state_dict_problems(expected, actual)
     if problems:
         raise OfficialFormatError(f"{source}: not an official JOWA {what} checkpoint: " + "; ".join(problems))
 

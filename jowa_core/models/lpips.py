@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from jowa_core import checkpoint as ckpt
 from jowa_core.checkpoint import CheckpointError
-from jowa_core.models.tokenizer import load_state_dict_checked, read_state_file, strip_official_prefix
 
 CHANNELS = (64, 128, 256, 512, 512)
 # torchvision vgg16 `features`: conv widths, "M" = max pool; slices end after relu1_2/2_2/3_3/4_3/5_3.
@@ -101,7 +101,10 @@ class LPIPS(nn.Module):
             p.requires_grad_(False)
         return self.eval()
 
-    def train(self, mode: bool = True) -> LPIPS:  # always eval: dropout off, as the official module
+    def train(self, mode: bool = True) -> LPIPS:
+        """Always eval mode: the ``lin*`` layers' Dropout(0.5) stays off. Unlike the official code, whose
+        tokenizer ``train()`` switches LPIPS's dropout on with it (reference §1.8): the expected loss is the same
+        and ours has less noise. Deliberate; documented in docs/tokenizer.md."""
         return super().train(False)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
@@ -138,7 +141,7 @@ def _from_torchvision(key: str) -> str | None:
 
 def _lpips_state(raw: dict[str, Tensor]) -> dict[str, Tensor]:
     """The LPIPS entries of one state dict, under LPIPS's own names."""
-    state = strip_official_prefix(raw)
+    state, _ = ckpt.strip_wrapper_prefix(raw)
     if any(k.startswith("lpips.") for k in state):  # a whole tokenizer (official tokenizer.pt)
         return {k[len("lpips."):]: v for k, v in state.items() if k.startswith("lpips.")}
     out = {}
@@ -163,7 +166,7 @@ def load_lpips(path: str | Path | Sequence[str | Path], device: str | torch.devi
     wanted = set(model.state_dict())
     merged: dict[str, Tensor] = {}
     for p in paths:
-        merged.update({k: v for k, v in _lpips_state(read_state_file(p)).items() if k in wanted})
+        merged.update({k: v for k, v in _lpips_state(ckpt.read_state_file(p)).items() if k in wanted})
     source = ", ".join(str(p) for p in paths)
     if not merged:
         raise CheckpointError(f"{source}: no LPIPS weights found (expected keys like 'lpips.net.slice1.0.weight' "
@@ -171,7 +174,7 @@ def load_lpips(path: str | Path | Sequence[str | Path], device: str | torch.devi
     for k, v in model.state_dict().items():  # the scaling layer is a constant; vgg.pth-style files omit it
         if k.startswith("scaling_layer."):
             merged.setdefault(k, v)
-    load_state_dict_checked(model, merged, source)
+    ckpt.load_state_dict_checked(model, merged, source)
     return model.to(device).freeze()
 
 

@@ -36,7 +36,6 @@ from jowa_core import checkpoint as ckpt
 from jowa_core.config import ConfigError, from_dict, to_dict
 
 KIND = "tokenizer"
-OFFICIAL_PREFIXES = ("_orig_mod.module.", "module.", "_orig_mod.")
 
 
 @dataclass
@@ -479,56 +478,6 @@ def fingerprint(path: str | Path) -> str:
     return ckpt.sha256_file(weights_file(path))
 
 
-def strip_official_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Drop a ``module.`` / ``_orig_mod.`` (DDP / torch.compile) prefix shared by the keys."""
-    for prefix in OFFICIAL_PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            return {k[len(prefix):]: v for k, v in state.items()}
-    return dict(state)
-
-
-def read_state_file(path: str | Path) -> dict[str, Tensor]:
-    """Tensors of a safetensors file, or of a torch file loaded with ``weights_only=True`` (no pickle code)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ckpt.CheckpointError(f"{path} does not exist")
-    if path.suffix == ".safetensors":
-        return ckpt.load_tensors(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt file, pickle with code, not a torch file
-        raise ckpt.CheckpointError(f"{path}: cannot read as a torch file with weights_only=True ({e})") from None
-    for key in ("state_dict", "model"):  # common wrappers
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict):
-        raise ckpt.CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
-    return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
-
-
-def load_state_dict_checked(module: nn.Module, state: dict[str, Tensor], source: str | Path) -> None:
-    """``load_state_dict(strict=True)`` with a one-line error naming ``source`` and the bad keys."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-
-    def some(keys: list[str]) -> str:
-        return ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")
-
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {some(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {some(unexpected)}")
-    if wrong:
-        problems.append("shape mismatch: " + some([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-                                                   for k in wrong]))
-    if problems:
-        raise ckpt.CheckpointError(f"{source}: does not fit the model; " + "; ".join(problems))
-    module.load_state_dict(state, strict=True)
-
-
 def load_tokenizer(path: str | Path, device: str | torch.device = "cpu",
                    config: TokenizerConfig | None = None) -> Tokenizer:
     """A tokenizer in eval mode from a checkpoint directory, a run directory (``final`` or latest checkpoint),
@@ -537,7 +486,7 @@ def load_tokenizer(path: str | Path, device: str | torch.device = "cpu",
     from ``embedding.weight``)."""
     p = resolve_tokenizer(path)
     if p.is_file():
-        state = strip_official_prefix(read_state_file(p))
+        state, _ = ckpt.strip_wrapper_prefix(ckpt.read_state_file(p))
         state = {k: v for k, v in state.items() if not k.startswith("lpips.")}
         if config is None:
             emb = state.get("embedding.weight")
@@ -545,7 +494,7 @@ def load_tokenizer(path: str | Path, device: str | torch.device = "cpu",
                 raise ckpt.CheckpointError(f"{p}: no embedding.weight; not a tokenizer state dict")
             config = TokenizerConfig(vocab_size=int(emb.shape[0]), embed_dim=int(emb.shape[1]))
         tok = Tokenizer(config)
-        load_state_dict_checked(tok, state, p)
+        ckpt.load_state_dict_checked(tok, state, p)
     else:
         meta = ckpt.read_meta(p)
         try:
@@ -553,5 +502,5 @@ def load_tokenizer(path: str | Path, device: str | torch.device = "cpu",
         except ConfigError as e:
             raise ckpt.CheckpointError(f"{p / ckpt.META}: bad tokenizer config: {e}") from None
         tok = Tokenizer(cfg)
-        load_state_dict_checked(tok, ckpt.load_tensors(p / ckpt.WEIGHTS), p / ckpt.WEIGHTS)
+        ckpt.load_state_dict_checked(tok, ckpt.load_tensors(p / ckpt.WEIGHTS), p / ckpt.WEIGHTS)
     return tok.to(device).eval()

@@ -276,10 +276,7 @@ def load_world_action(path: str, device: torch.device | str = "cpu") -> tuple[Wo
     """A model (in eval mode) and its checkpoint metadata, from a checkpoint or run directory."""
     meta, tensors = ckpt.load_model(path, "world_action")
     model = WorldActionModel(from_dict(WorldActionConfig, meta["config"]))
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise ckpt.CheckpointError(f"{path}: weights do not match the config (missing {missing[:5]}, "
-                                   f"unexpected {unexpected[:5]})")
+    ckpt.load_state_dict_checked(model, tensors, f"{path}: weights vs the config")
     return model.to(device).eval(), meta
 
 
