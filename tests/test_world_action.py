@@ -11,6 +11,7 @@ from jowa_core.models.world_action import (
     WorldActionConfig,
     WorldActionModel,
     load_world_action,
+    official_q_dropout,
     save_world_action,
     segment_tokens,
 )
@@ -165,6 +166,23 @@ def test_target_head_is_a_frozen_copy_in_eval_mode():
     # no gradient path through the target head
     model.train()
     assert model(tokens, task, heads=(), with_target=True).q_target_logits.grad_fn is None
+
+
+def test_official_q_dropout_keeps_the_q_heads_noisy_in_eval_mode():
+    """Ours: eval-mode Q is deterministic. The official code's Q-head dropout never switches off (reference §2.5);
+    ``official_q_dropout`` reproduces that for the online and the target head, and switches back."""
+    model = tiny(num_q=2, q_dropout=0.5, embed_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0).eval()
+    tokens, task = torch.randint(0, 18, (2, 74)), torch.tensor([1, 2])
+    o1, o2 = model(tokens, task, with_target=True), model(tokens, task, with_target=True)
+    assert torch.equal(o1.q_logits, o2.q_logits) and torch.equal(o1.q_target_logits, o2.q_target_logits)
+    official_q_dropout(model)
+    o1, o2 = model(tokens, task, with_target=True), model(tokens, task, with_target=True)
+    assert not torch.equal(o1.q_logits, o2.q_logits) and not torch.equal(o1.q_target_logits, o2.q_target_logits)
+    assert torch.equal(o1.obs_logits, o2.obs_logits)  # only the Q heads: the backbone stays deterministic
+    assert "always_dropout" not in str(list(model.state_dict()))  # not saved with the weights
+    official_q_dropout(model, False)
+    o1, o2 = model(tokens, task), model(tokens, task)
+    assert torch.equal(o1.q_logits, o2.q_logits)
 
 
 def test_q_ensemble_members_match_a_manual_mlp():

@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from jowa_core import games
+
 __all__ = [
     "FINETUNED",
     "FINETUNE_GAMES",
@@ -40,10 +42,8 @@ __all__ = [
 
 SOURCE = "JOWA paper (Cheng et al., ICLR 2025), arXiv v1, Table 2"
 
-TABLE2_GAMES: tuple[str, ...] = (
-    "Assault", "Atlantis", "BeamRider", "Berzerk", "Carnival", "Centipede", "ChopperCommand", "DemonAttack",
-    "NameThisGame", "Phoenix", "Seaquest", "SpaceInvaders", "StarGunner", "TimePilot", "Zaxxon",
-)  # fmt: skip
+# The paper's columns are alphabetical: the pretraining games (games.GROUPS["atari15"]) and the held-out ones.
+TABLE2_GAMES: tuple[str, ...] = tuple(sorted(games.GROUPS["atari15"]))
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ INCONSISTENT: dict[str, dict[str, tuple[float, float]]] = {
 FINETUNE_SOURCE = "JOWA paper (Cheng et al., ICLR 2025), arXiv v1, Tables 3 and 17"
 FINETUNE_SOURCE_V2 = "JOWA paper (Cheng et al., ICLR 2025), arXiv v2, Table 3"
 
-FINETUNE_GAMES: tuple[str, ...] = ("Gravitar", "MsPacman", "Pong", "Robotank", "YarsRevenge")  # Table 17 order
+FINETUNE_GAMES: tuple[str, ...] = tuple(sorted(games.GROUPS["atari5"]))  # Table 17 order (alphabetical)
 
 # Table 17's Random and DQN columns (the registry's ``jowa-t17`` reference scores), game -> (random, DQN).
 FINETUNE_REFERENCE: dict[str, tuple[float, float]] = {

@@ -52,10 +52,9 @@ def set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
 
 
 @contextmanager
-def training_checkpoint(out: Path, step: int, keep: int,
-                        ctx: jdist.DistContext | None = None) -> Iterator[Path | None]:
+def training_checkpoint(out: Path, step: int, keep: int, ctx: jdist.DistContext | None = None) -> Iterator[Path]:
     """``out/checkpoints/step_XXXXXXXX``, complete or absent: yields a hidden directory that every rank may write
-    into (rank 0 gets its path, after the directory exists on all ranks); rank 0 then renames it into place and
+    into (once it exists, on every rank); rank 0 then renames it into place and
     keeps the newest ``keep`` checkpoints (0 = all)."""
     ctx = ctx or jdist.DistContext()
     name = f"step_{step:08d}"
@@ -65,7 +64,12 @@ def training_checkpoint(out: Path, step: int, keep: int,
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     jdist.barrier(ctx)
-    yield tmp
+    try:
+        yield tmp
+    except BaseException:
+        if ctx.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     jdist.barrier(ctx)
     if ctx.is_main:
         if final.exists():
