@@ -324,11 +324,11 @@ def bench_train(preset: str = "150m", batch_size: int = 512, steps: int = 20, wa
         torch.cuda.set_device(dev)  # CUDA events record on the current device's stream
     use_amp = devices.use_bf16(dev, precision)
     if use_amp:
-        precision, peak_column = "bf16 autocast", "bf16"
+        precision_label, peak_column = "bf16 autocast", "bf16"
     elif torch.get_float32_matmul_precision() == "highest" or dev.type != "cuda":
-        precision, peak_column = "fp32", "fp32"
+        precision_label, peak_column = "fp32", "fp32"
     else:
-        precision, peak_column = "fp32 (TF32 matmuls)", "tf32"
+        precision_label, peak_column = "fp32 (TF32 matmuls)", "tf32"
     name = _device_name(dev)
     if peak_tflops is not None:
         peak, peak_source = float(peak_tflops), "--peak-tflops"
@@ -411,7 +411,7 @@ def bench_train(preset: str = "150m", batch_size: int = 512, steps: int = 20, wa
         "tokens_per_segment": cfg.max_tokens,
         "tokens_per_step": tokens,
         "stage": stage,
-        "precision": precision,
+        "precision": precision_label,
         "steps": steps,
         "warmup": warmup,
         "params": params,
