@@ -61,7 +61,9 @@ class Source:
         import fsspec
 
         try:
-            fs, root = fsspec.core.url_to_fs(str(url))
+            # public buckets (DQN-Replay, RL Unplugged) are read anonymously
+            kwargs = {"token": "anon"} if str(url).startswith(("gs://", "gcs://")) else {}
+            fs, root = fsspec.core.url_to_fs(str(url), **kwargs)
         except (ImportError, ValueError) as e:
             raise SourceError(
                 f"{url}: cannot open ({e}); remote URLs need the `remote` extra: pip install 'jowa[remote]'"
