@@ -30,7 +30,15 @@ import numpy as np
 from jowa_core import games
 from jowa_core.data import rlu
 from jowa_core.data import store as st
-from jowa_core.data.dopamine import Checkpoint, Source, SourceError, iter_frames, load_add_count, load_checkpoint
+from jowa_core.data.dopamine import (
+    Checkpoint,
+    Source,
+    SourceError,
+    iter_frames,
+    load_add_count,
+    load_checkpoint,
+    read_rows,
+)
 from jowa_core.data.stream import (
     Cover,
     StreamError,
@@ -195,7 +203,12 @@ def plan_game(source: Source, game: str, opts: PrepareOptions, out_root: Path, w
         for block in contiguous_blocks([covers[n] for n in selected]):
             term = np.concatenate([c.chrono(flags[c.ckpt][0]) for c in block.covers])
             zero = np.concatenate([c.chrono(flags[c.ckpt][1]) for c in block.covers])
-            found = find_episodes(block.start, term, zero, label=label)
+            head = None
+            if block.covers[0].after_lost_lap:
+                first = block.covers[0]
+                head = _lost_lap_head(source.fs, all_ckpts[first.ckpt].path("observation"), first, zero)
+                stats["lost_lap_windows"] += 1
+            found = find_episodes(block.start, term, zero, label=label, head_padding=head)
             stats["rows_skipped_after_gaps"] += found.skipped_head
             stats["rows_in_unfinished_episodes"] += found.dropped_tail
             candidates.extend((run, int(s), int(e)) for s, e in zip(found.starts, found.ends, strict=True))
@@ -416,6 +429,27 @@ def _fingerprint(opts: PrepareOptions, files_meta: list[dict[str, Any]], game: s
         sort_keys=True,
     )
     return hashlib.sha256(fp_src.encode()).hexdigest()[:16]
+
+
+def _lost_lap_head(fs: Any, obs_path: str, cover: Cover, zero: np.ndarray) -> int:
+    """Padding rows (0-2) at the start of a window that follows a lost lap.
+
+    The add that jumped over C - 1 wrote 3 padding rows and an episode's first step, so the window starts on
+    padding row 1 or 2 of it or on the step itself. A row with non-zero action/reward/terminal is the step;
+    when flags cannot tell (a first step can be a no-op with zero reward), the frames decide: padding frames
+    are all zero. Reading them streams the file (row C-1 is its last row), which only this rare case pays.
+    """
+    n = 0
+    while n < min(2, zero.shape[0] - 1) and zero[n]:
+        n += 1
+    if n == 0:
+        return 0
+    rows = [(cover.start + i) % cover.capacity for i in range(n)]
+    frames = read_rows(fs, obs_path, rows)
+    k = 0
+    while k < n and not frames[rows[k]].any():
+        k += 1
+    return k
 
 
 def _row_flags(a) -> tuple[np.ndarray, np.ndarray, int]:

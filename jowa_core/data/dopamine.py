@@ -199,6 +199,18 @@ def iter_frames(fs: Any, path: str, block_rows: int = 4096):
             raise SourceError(f"{path}: trailing bytes after the array")
 
 
+def read_rows(fs: Any, path: str, rows: list[int]) -> dict[int, np.ndarray]:
+    """Frames of the given rows of an observation file, streaming only as far as the largest row."""
+    want, out = set(rows), {}
+    for row0, frames in iter_frames(fs, path):
+        for r in [r for r in want if row0 <= r < row0 + frames.shape[0]]:
+            out[r] = frames[r - row0].copy()
+            want.discard(r)
+        if not want:
+            break
+    return out
+
+
 @dataclass
 class CheckpointArrays:
     """The small arrays of one checkpoint, validated."""
