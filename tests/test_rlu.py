@@ -352,3 +352,40 @@ def test_gzip_member_is_plain_tfrecord(tmp_path):
     with gzip.open(p) as f:
         (rec,) = list(iter_records(f, str(p)))
     assert parse_example(rec)["actions"][1].tolist() == [1, 1, 0]
+
+
+def test_transient_read_errors_are_retried(tmp_path, monkeypatch):
+    import fsspec
+
+    from jowa_core.data import rlu
+
+    monkeypatch.setattr(rlu.time, "sleep", lambda s: None)
+    _synthetic(tmp_path / "src", shards=1, seed=10)
+    path = str(tmp_path / "src" / GAME / shard_name(1, 0, 1))
+    local = fsspec.filesystem("file")
+    failures = {"left": 2}
+
+    class FlakyFile:
+        def __init__(self, f):
+            self.f, self.calls = f, 0
+
+        def readinto(self, b):
+            self.calls += 1
+            if self.calls == 2 and failures["left"]:
+                failures["left"] -= 1
+                raise ConnectionError("connection reset by peer")
+            return self.f.readinto(memoryview(b)[:1000])  # small reads: several calls per file
+
+        def seek(self, pos):
+            return self.f.seek(pos)
+
+        def close(self):
+            self.f.close()
+
+    class FlakyFS:
+        def open(self, p, mode="rb"):
+            return FlakyFile(local.open(p, mode))
+
+    a, b = rlu.index_file(local, path, 6, GAME), rlu.index_file(FlakyFS(), path, 6, GAME)
+    assert failures["left"] == 0
+    assert a.sha256 == b.sha256 and np.array_equal(a.action, b.action) and np.array_equal(a.rows, b.rows)

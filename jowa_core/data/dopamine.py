@@ -68,8 +68,13 @@ class Source:
             raise SourceError(
                 f"{url}: cannot open ({e}); remote URLs need the `remote` extra: pip install 'jowa[remote]'"
             ) from e
-        if not fs.isdir(root):
-            raise SourceError(f"{url}: no such directory")
+        try:
+            found = fs.isdir(root)
+        except Exception as e:  # noqa: BLE001 - any backend's connection or auth failure
+            raise SourceError(f"{url}: cannot open ({type(e).__name__}: {e})") from e
+        if not found:
+            remote = "://" in str(url) and not str(url).startswith("file://")
+            raise SourceError(f"{url}: no such directory{' (or not reachable)' if remote else ''}")
         return cls(url=str(url), fs=fs, root=root.rstrip("/"))
 
     def game_dir(self, game: str) -> str:
