@@ -342,7 +342,9 @@ def test_unknown_game_and_absent_game(tmp_path):
     res = CliRunner().invoke(app, [*base, "--games", "Pongg"])
     assert res.exit_code == 2 and "Pongg" in res.output
     res = CliRunner().invoke(app, [*base, "--games", "Berzerk"])  # not published by RL Unplugged
-    assert res.exit_code == 2 and "Berzerk" in res.output and res.output.count("error:") == 1
+    assert res.exit_code == 2 and "jowa collect" in res.output and res.output.count("error:") == 1
+    res = CliRunner().invoke(app, [*base, "--games", f"{GAME},Berzerk"])  # checked before any store is built
+    assert res.exit_code == 2 and not (tmp_path / "out" / f"{GAME}.zarr").exists()
 
 
 def test_gzip_member_is_plain_tfrecord(tmp_path):

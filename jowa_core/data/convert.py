@@ -617,6 +617,17 @@ def prepare_data(opts: PrepareOptions, reporter: Reporter | None = None) -> list
     if opts.max_transitions is not None and opts.max_transitions <= 0:
         raise ValueError(f"--max-transitions must be positive, got {opts.max_transitions}")
     split_checkpoints([], opts.split)
+    for name in names:  # every game's folder exists before any store is built
+        try:
+            source.game_dir(name)
+        except SourceError as e:
+            hint = ""
+            if name not in rlu.GAMES and opts.format != "dqn":
+                hint = (
+                    f" (RL Unplugged does not publish {name}: collect it with `jowa collect` or leave it out, "
+                    "see docs/reproduce.md)"
+                )
+            raise SourceError(f"{e}{hint}") from None
     out_root.mkdir(parents=True, exist_ok=True)
     summaries = []
     pool = None

@@ -46,6 +46,15 @@ STEP_FEATURES = {
     "clipped_rewards": FLOAT,
     "discounts": FLOAT,
 }
+# the 46 games RL Unplugged publishes (TFDS rl_unplugged/atari_utils.py); Berzerk, in the paper's atari15, is not one
+GAMES = (
+    "Alien", "Amidar", "Assault", "Asterix", "Atlantis", "BankHeist", "BattleZone", "BeamRider", "Boxing",
+    "Breakout", "Carnival", "Centipede", "ChopperCommand", "CrazyClimber", "DemonAttack", "DoubleDunk", "Enduro",
+    "FishingDerby", "Freeway", "Frostbite", "Gopher", "Gravitar", "Hero", "IceHockey", "Jamesbond", "Kangaroo",
+    "Krull", "KungFuMaster", "MsPacman", "NameThisGame", "Phoenix", "Pong", "Pooyan", "Qbert", "Riverraid",
+    "RoadRunner", "Robotank", "Seaquest", "SpaceInvaders", "StarGunner", "TimePilot", "UpNDown", "VideoPinball",
+    "WizardOfWor", "YarsRevenge", "Zaxxon",
+)
 SARSA_FEATURES = ("o_t", "o_tp1", "a_t", "r_t", "d_t")
 RETRIES = 5
 _TRANSIENT = (TimeoutError, ConnectionError, OSError)
