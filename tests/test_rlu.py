@@ -212,6 +212,33 @@ def test_interrupted_run_resumes_to_identical_store(tmp_path, monkeypatch):
     assert not (tmp_path / "out" / f".{GAME}.zarr.jobs").exists()
 
 
+def test_kill_9_then_rerun_completes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _synthetic(tmp_path / "src", shards=6, seed=11)
+    cmd = [sys.executable, "-m", "jowa_cli.main", "prepare-data", "--source", str(tmp_path / "src"), "--games", GAME,
+           "--out", str(tmp_path / "out"), "--quiet"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "JOWA_TEST_SLOW_FILES": "0.5"})
+    done_dir = tmp_path / "out" / f".{GAME}.zarr.jobs" / "done"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (done_dir.exists() and any(done_dir.iterdir())):
+        time.sleep(0.02)
+    assert proc.poll() is None, "conversion finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "out" / f"{GAME}.zarr").exists()
+    subprocess.run([*cmd, "--json", str(tmp_path / "s.json")], check=True)
+    assert json.loads((tmp_path / "s.json").read_text())["stores"][0]["status"] == "resumed"
+    prepare_data(PrepareOptions(source=str(tmp_path / "src"), out=str(tmp_path / "ref"), games=[GAME]))
+    a, b = open_store(tmp_path / "ref" / f"{GAME}.zarr"), open_store(tmp_path / "out" / f"{GAME}.zarr")
+    assert np.array_equal(a.frames.read_range(0, a.num_steps), b.frames.read_range(0, b.num_steps))
+    assert np.array_equal(a.action, b.action) and np.array_equal(a.terminal, b.terminal)
+
+
 def test_cli_format_option_and_json(tmp_path):
     _synthetic(tmp_path / "src", shards=2, seed=7)
     base = ["prepare-data", "--source", str(tmp_path / "src"), "--games", GAME, "--quiet", "--json", "-"]
