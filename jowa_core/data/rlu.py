@@ -57,7 +57,6 @@ GAMES = (
 )
 SARSA_FEATURES = ("o_t", "o_tp1", "a_t", "r_t", "d_t")
 RETRIES = 5
-_TRANSIENT = (TimeoutError, ConnectionError, OSError)
 
 
 @dataclass(frozen=True)
@@ -150,9 +149,9 @@ class _RetryingReader(io.RawIOBase):
                 break
             except (FileNotFoundError, PermissionError):
                 raise
-            except _TRANSIENT:
+            except Exception as e:  # noqa: BLE001 - connection resets, timeouts, backend-specific errors
                 if attempt == RETRIES:
-                    raise
+                    raise SourceError(f"{self.path}: read failed {RETRIES + 1} times ({type(e).__name__}: {e})") from e
                 time.sleep(min(30.0, 0.5 * 2**attempt))
                 with contextlib.suppress(Exception):  # the old handle may be unusable
                     self.f.close()
