@@ -22,14 +22,25 @@ def data(
     workdir: Annotated[str, typer.Option(help="Scratch folder (default: a temporary folder).")] = "",
     out: Annotated[str, typer.Option(help="Append the results as a dated section to this Markdown file.")] = "",
     json_out: Annotated[str, typer.Option("--json", help="Write results as JSON here ('-' for stdout).")] = "",
+    fmt: Annotated[
+        str, typer.Option("--format", help="dqn: DQN-Replay logs + loader; rlu: RL Unplugged shards (PNG decoding).")
+    ] = "dqn",
 ) -> None:
     """Converter MB/s per worker and peak RSS; loader segments/s per process.
 
     Makes DQN-Replay-format logs from real Atari frames (ale-py), converts them with prepare-data, then
     reads random 8-step segments with the segment loader.
     """
-    from jowa_core.bench.data import bench_data
+    from jowa_core.bench.data import bench_data, bench_rlu
 
+    if fmt not in ("dqn", "rlu"):
+        raise ValueError(f"unknown --format {fmt!r}; choose dqn or rlu")
+    if fmt == "rlu":
+        result = bench_rlu(steps=frames, files=files, workers=workers, workdir=workdir or None, markdown=out or None)
+        for line in result["summary"]:
+            typer.echo(line)
+        emit_json(result, json_out or None)
+        return
     result = bench_data(
         frames=frames,
         files=files,

@@ -13,7 +13,11 @@ from jowa_core.progress import make_reporter
 @handle_errors
 def prepare_data(
     source: Annotated[
-        str, typer.Option(help="DQN-Replay root (local dir or fsspec URL) with <Game>/<run>/replay_logs/.")
+        str,
+        typer.Option(
+            help="Local dir or fsspec URL: DQN-Replay (<Game>/<run>/replay_logs/) or RL Unplugged "
+            "(<Game>/run_<N>-XXXXX-of-XXXXX, e.g. gs://rl_unplugged/atari_episodes_ordered)."
+        ),
     ],
     games: Annotated[
         str, typer.Option(help="Games: group names (atari15, atari5, atari20, atari6, all) or a comma list.")
@@ -31,18 +35,22 @@ def prepare_data(
     max_transitions: Annotated[
         int, typer.Option(help="Cap on transitions per game (e.g. 5000 for fine-tuning sets); 0 = none.")
     ] = 0,
+    fmt: Annotated[
+        str, typer.Option("--format", help="Source layout: auto (detected per game) | dqn | rlu.")
+    ] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the episode draw.")] = 0,
     workers: Annotated[int, typer.Option(help="Parallel processes streaming observation files.")] = 1,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Rebuild stores that already exist.")] = False,
     json_out: Annotated[str, typer.Option("--json", help="Write a JSON summary here ('-' for stdout).")] = "",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
-    """Convert DQN-Replay (Dopamine) logs into one Zarr store per game.
+    """Convert DQN-Replay (Dopamine) logs or RL Unplugged Atari episodes into one Zarr store per game.
 
-    Rebuilds each run's chronological stream across checkpoint files (padding rows, stale rows and lost
+    DQN-Replay: rebuilds each run's chronological stream across checkpoint files (padding rows, stale rows and lost
     laps handled as the logger wrote them), keeps complete episodes, optionally subsamples them, and writes
     <out>/<Game>.zarr (obs, action in the full 18-action space, reward, terminal, episode_start,
-    episode_length). Interrupted runs resume; finished stores are skipped unless --overwrite.
+    episode_length). RL Unplugged: one episode per record, the terminal observation dropped.
+    Interrupted runs resume; finished stores are skipped unless --overwrite.
 
     Example: jowa prepare-data --source /data/dqn --games atari15 --runs 1,2 --subsample 0.1 --out data/atari15
     """
@@ -62,6 +70,7 @@ def prepare_data(
         seed=seed,
         workers=max(1, workers),
         overwrite=overwrite,
+        format=fmt,
     )
     reporter = make_reporter(quiet)
     try:

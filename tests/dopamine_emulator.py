@@ -96,6 +96,7 @@ class EmulatedLogger:
         saved = self.add_count
         self.add_count = np.array(self._cursor())
         self._log()
+        self.run.files[-1]["final"] = True
         self.add_count = saved
 
 
@@ -141,21 +142,26 @@ def write_run(
     return logger.run
 
 
-def recoverable_episodes(run: LoggedRun, ckpts: set[int] | None = None) -> list[int]:
+def recoverable_episodes(run: LoggedRun, ckpts: set[int] | None = None, visible_starts: bool = True) -> list[int]:
     """Episodes a correct converter must output, in chronological order.
 
     An episode is recoverable when all its rows, and the add index just before its padding (the previous
     episode's terminal, or the very start of the run), lie in one contiguous range of add indices held by
     the selected logged files. Rows a file holds that an earlier file already held (the stale rows of the
     final file) do not count: the store takes no stale duplicates. (After a gap, the converter cannot tell
-    where an episode starts until it sees a terminal.)
+    where an episode starts until it sees a terminal.) With ``visible_starts``, an episode is also recoverable
+    when a selected regular file logged after a lost lap (adds never logged just before its window) begins
+    inside the episode's padding or on its first step, and every add from there to its terminal is held.
     """
     held: set[int] = set()
+    windows: list[int] = []  # first add of selected regular files logged right after a lost lap
     newest = -1  # newest add index held by any earlier file: older rows of a file are stale copies
     for f in run.files:
         fresh = [int(a) for a in f["row_adds"] if a > newest]
         if ckpts is None or f["ckpt"] in ckpts:
             held.update(fresh)
+            if fresh and min(fresh) > newest + 1 and not f.get("final") and newest >= 0:
+                windows.append(min(fresh))
         newest = max([newest, *fresh])
     # add indices of each episode
     first_add: dict[int, int] = {}
@@ -171,6 +177,7 @@ def recoverable_episodes(run: LoggedRun, ckpts: set[int] | None = None) -> list[
             continue  # episode not finished when the run stopped
         start = first_add[e] - (STACK_SIZE - 1) - 1  # the previous terminal (or -1 at the run start)
         needed = range(max(start, 0), last_add[e] + 1)
-        if all(i in held for i in needed):
+        visible = [w for w in windows if first_add[e] - (STACK_SIZE - 1) <= w <= first_add[e]] if visible_starts else []
+        if all(i in held for i in needed) or any(all(i in held for i in range(w, last_add[e] + 1)) for w in visible):
             out.append(e)
     return out

@@ -327,3 +327,47 @@ def test_find_episodes_run_start_without_any_terminal():
 
     eps = find_episodes(0, np.zeros(150, bool), zero_row=np.ones(150, bool))
     assert eps.starts.size == 0 and eps.ends.size == 0 and eps.dropped_tail == 150
+
+
+# ---------------------------------------------------------------------------------------------- lost laps
+
+
+def _run_noop_first(log_dir: Path, lengths: list[int], capacity: int, seed: int):
+    """Like write_run, but every episode's first step is a no-op with reward 0: its row has all-zero flags,
+    like a padding row, so only the frames can tell where the episode starts."""
+    from dopamine_emulator import EmulatedLogger, Transition, make_frame
+
+    rng = np.random.default_rng(seed)
+    logger = EmulatedLogger(log_dir, capacity)
+    for e, n in enumerate(lengths):
+        steps = [
+            Transition(make_frame(e, s, rng), 0 if s == 0 else int(rng.integers(1, 6)),
+                       0.0 if s == 0 else 1.0, s == n - 1, key=(e, s))
+            for s in range(n)
+        ]
+        for t in steps:
+            logger.add(t)
+        logger.run.episodes[e] = steps
+    logger.log_final_buffer()
+    return logger.run
+
+
+@pytest.mark.parametrize("noop_first", [False, True])
+def test_episode_whose_start_is_visible_after_lost_lap_is_kept(tmp_path, noop_first):
+    offsets = set()
+    for length in range(4, 16):
+        d = tmp_path / str(length)
+        logs = d / "src" / GAME / "1" / "replay_logs"
+        if noop_first:
+            run = _run_noop_first(logs, [length] * 10, 16, seed=length)
+        else:
+            run = write_run(logs, [length] * 10, 16, seed=length)
+        expected = recoverable_episodes(run)
+        new = sorted(set(expected) - set(recoverable_episodes(run, visible_starts=False)))
+        (summary,) = prepare_data(_opts(d / "src", d / "out"))
+        _check_store(d / "out" / f"{GAME}.zarr", {1: run}, [(1, e) for e in expected])
+        for e in new:  # where the window after the lost lap began: 0-2 rows before the first step
+            first = run.adds.index((e, 0))
+            held = {int(a) for f in run.files for a in f["row_adds"]}
+            offsets.add(first - min(a for a in range(first - 3, first + 1) if a in held))
+    assert offsets == {0, 1, 2}  # every position of the window start was exercised

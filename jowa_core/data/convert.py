@@ -29,8 +29,17 @@ import numpy as np
 
 from jowa_core import games
 from jowa_core.constants import jowa_version
+from jowa_core.data import rlu
 from jowa_core.data import store as st
-from jowa_core.data.dopamine import Checkpoint, Source, SourceError, iter_frames, load_add_count, load_checkpoint
+from jowa_core.data.dopamine import (
+    Checkpoint,
+    Source,
+    SourceError,
+    iter_frames,
+    load_add_count,
+    load_checkpoint,
+    read_rows,
+)
 from jowa_core.data.stream import (
     Cover,
     StreamError,
@@ -60,6 +69,7 @@ class PrepareOptions:
     workers: int = 1
     overwrite: bool = False
     shard_frames: int = st.OBS_SHARD_FRAMES  # frames per obs shard file (a multiple of 4)
+    format: str = "auto"  # auto | dqn (DQN-Replay / Dopamine logs) | rlu (RL Unplugged episodes)
 
     def fingerprint_fields(self) -> dict[str, Any]:
         d = asdict(self)
@@ -81,6 +91,8 @@ class FileJob:
     n_steps: int
     owned: frozenset[int]  # shards only this job writes to
     shard_frames: int
+    format: str = "dqn"  # dqn: a gzip'd .npy observation file; rlu: a GZIP TFRecord shard of episodes
+    file_rows: int = 0  # rlu: stored steps in the file, checked while streaming
 
 
 @dataclass
@@ -142,7 +154,10 @@ def split_checkpoints(ckpts: list[int], split: str) -> list[int]:
 # Planning
 
 
-def plan_game(source: Source, game: str, opts: PrepareOptions, out_root: Path, warn) -> GamePlan:
+def plan_game(source: Source, game: str, opts: PrepareOptions, out_root: Path, warn, pool=None) -> GamePlan:
+    fmt = opts.format if opts.format != "auto" else rlu.detect_format(source, game)
+    if fmt == "rlu":
+        return _plan_rlu(source, game, opts, out_root, pool)
     info = games.get(game)
     available = source.runs(game)
     runs = opts.runs if opts.runs is not None else available
@@ -189,7 +204,12 @@ def plan_game(source: Source, game: str, opts: PrepareOptions, out_root: Path, w
         for block in contiguous_blocks([covers[n] for n in selected]):
             term = np.concatenate([c.chrono(flags[c.ckpt][0]) for c in block.covers])
             zero = np.concatenate([c.chrono(flags[c.ckpt][1]) for c in block.covers])
-            found = find_episodes(block.start, term, zero, label=label)
+            head = None
+            if block.covers[0].after_lost_lap:
+                first = block.covers[0]
+                head = _lost_lap_head(source.fs, all_ckpts[first.ckpt].path("observation"), first, zero)
+                stats["lost_lap_windows"] += 1
+            found = find_episodes(block.start, term, zero, label=label, head_padding=head)
             stats["rows_skipped_after_gaps"] += found.skipped_head
             stats["rows_in_unfinished_episodes"] += found.dropped_tail
             candidates.extend((run, int(s), int(e)) for s, e in zip(found.starts, found.ends, strict=True))
@@ -257,9 +277,11 @@ def plan_game(source: Source, game: str, opts: PrepareOptions, out_root: Path, w
             action[d : d + r1 - r0] = info.to_full(raw)
             reward[d : d + r1 - r0] = a.reward[r0:r1]
 
-    jobs, shared = _make_jobs(source, ckpt_files, pieces, n_steps, out_root, game, opts.shard_frames)
+    obs_paths = {k: ck.path("observation") for k, ck in ckpt_files.items()}
+    jobs, shared = _make_jobs(source, obs_paths, pieces, n_steps, out_root, game, opts.shard_frames)
     provenance = {
         "source": source.url,
+        "format": "dqn",
         "options": opts.fingerprint_fields(),
         "files": files_meta,
         "episodes_found": len(candidates),
@@ -270,16 +292,6 @@ def plan_game(source: Source, game: str, opts: PrepareOptions, out_root: Path, w
         "truncated_episodes": int((kept < full_len).sum()),
         **stats,
     }
-    fp_src = json.dumps(
-        {
-            "options": opts.fingerprint_fields(),
-            "files": files_meta,
-            "game": info.name,
-            "format": st.FORMAT_VERSION,
-            "shards": [st.OBS_CHUNK_FRAMES, opts.shard_frames],
-        },
-        sort_keys=True,
-    )
     return GamePlan(
         game=info.name,
         n_steps=n_steps,
@@ -291,8 +303,154 @@ def plan_game(source: Source, game: str, opts: PrepareOptions, out_root: Path, w
         jobs=jobs,
         shared=shared,
         provenance=provenance,
-        fingerprint=hashlib.sha256(fp_src.encode()).hexdigest()[:16],
+        fingerprint=_fingerprint(opts, files_meta, info.name),
     )
+
+
+def _plan_rlu(source: Source, game: str, opts: PrepareOptions, out_root: Path, pool=None) -> GamePlan:
+    """Plan a game from RL Unplugged shards: one indexing pass (no image decoding) per selected shard."""
+    info = games.get(game)
+    gdir = source.game_dir(game)
+    found = rlu.discover(source, game)
+    available = sorted(found)
+    runs = opts.runs if opts.runs is not None else available
+    for r in runs:
+        if r not in available:
+            raise SourceError(f"{gdir}/run_{r}-*: no such run (found runs: {available})")
+    chosen: list[rlu.RluFile] = []
+    for run in runs:
+        total = next(iter(found[run].values())).total
+        nums = list(range(total))
+        if opts.checkpoints is not None:
+            nums = [n for n in nums if opts.checkpoints[0] <= n <= opts.checkpoints[1]]
+        for n in split_checkpoints(nums, opts.split):
+            if n not in found[run]:
+                raise SourceError(f"{rlu.shard_path(gdir, run, n, total)}: missing shard (checkpoint {n} of run {run})")
+            chosen.append(found[run][n])
+    if not chosen:
+        raise SourceError(
+            f"{gdir}: empty selection (no checkpoints selected; runs {runs}, "
+            f"checkpoints {opts.checkpoints or 'all'}, split {opts.split})"
+        )
+    args = [(source.fs, f.path, info.num_actions, info.name) for f in chosen]
+    if pool is not None:
+        indexes = list(pool.map(_index_rlu_file, args))
+    else:
+        indexes = [_index_rlu_file(a) for a in args]
+
+    # candidates: every non-empty episode, in (run, checkpoint, record) order
+    cand_file, cand_row, lengths, cand_term = [], [], [], []
+    files_meta: list[dict[str, Any]] = []
+    file_rows: dict[tuple[int, int], int] = {}
+    stats: dict[str, int] = defaultdict(int)
+    for k, (f, ix) in enumerate(zip(chosen, indexes, strict=True)):
+        offsets = np.concatenate([[0], np.cumsum(ix.rows)[:-1]]).astype(np.int64)
+        keep = ix.rows > 0
+        cand_file.append(np.full(int(keep.sum()), k))
+        cand_row.append(offsets[keep])
+        lengths.append(ix.rows[keep])
+        cand_term.append(ix.terminal[keep])
+        file_rows[(f.run, f.shard)] = int(ix.rows.sum())
+        stats["terminal_episodes"] += int((ix.terminal & keep).sum())
+        stats["cut_episodes"] += int((~ix.terminal & keep).sum())
+        stats["empty_episodes"] += ix.stats["empty_episodes"]
+        meta = {"run": f.run, "ckpt": f.shard, "name": f.name, "size": f.size, "sha256": ix.sha256}
+        if f.etag:
+            meta["etag"] = f.etag
+        files_meta.append({**meta, "episodes": int(ix.rows.shape[0]), "steps": file_rows[(f.run, f.shard)]})
+    c_file, c_row = np.concatenate(cand_file), np.concatenate(cand_row)
+    c_len, c_term = np.concatenate(lengths).astype(np.int64), np.concatenate(cand_term)
+    if not c_len.size:
+        raise SourceError(f"{gdir}: empty selection (no episode with steps in the selected shards)")
+
+    sel = select_episodes(c_len, opts.subsample, opts.max_transitions, opts.replacement, seed=[opts.seed, info.task_id])
+    kept = sel.lengths
+    episode_start = np.concatenate([[0], np.cumsum(kept)[:-1]]).astype(np.int64)
+    n_steps = int(kept.sum())
+    action = np.zeros(n_steps, np.int16)
+    reward = np.zeros(n_steps, np.float32)
+    terminal = np.zeros(n_steps, bool)
+    pieces: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)
+    for k, cand in enumerate(sel.order.tolist()):
+        f, ix = chosen[int(c_file[cand])], indexes[int(c_file[cand])]
+        r0, n, d = int(c_row[cand]), int(kept[k]), int(episode_start[k])
+        pieces[(f.run, f.shard)].append((r0, r0 + n, d))
+        action[d : d + n] = info.to_full(ix.action[r0 : r0 + n])
+        reward[d : d + n] = ix.reward[r0 : r0 + n]
+        terminal[d + n - 1] = bool(c_term[cand]) and n == c_len[cand]
+    obs_paths = {(f.run, f.shard): f.path for f in chosen}
+    jobs, shared = _make_jobs(
+        source, obs_paths, pieces, n_steps, out_root, info.name, opts.shard_frames, "rlu", file_rows
+    )
+    provenance = {
+        "source": source.url,
+        "format": "rlu",
+        "reward": "clipped_rewards",
+        "options": opts.fingerprint_fields(),
+        "files": files_meta,
+        "episodes_found": int(c_len.shape[0]),
+        "steps_found": int(c_len.sum()),
+        "episodes_kept": int(kept.shape[0]),
+        "unique_episodes_kept": int(np.unique(sel.order).shape[0]),
+        "steps_kept": n_steps,
+        "truncated_episodes": int((kept < c_len[sel.order]).sum()),
+        "cut_episodes_kept": int((~c_term[sel.order]).sum()),
+        **stats,
+    }
+    return GamePlan(
+        game=info.name,
+        n_steps=n_steps,
+        action=action,
+        reward=reward,
+        terminal=terminal,
+        episode_start=episode_start,
+        episode_length=kept.astype(np.int64),
+        jobs=jobs,
+        shared=shared,
+        provenance=provenance,
+        fingerprint=_fingerprint(opts, files_meta, info.name),
+    )
+
+
+def _index_rlu_file(args: tuple[Any, str, int, str]) -> rlu.FileIndex:
+    fs, path, num_actions, game = args
+    return rlu.index_file(fs, path, num_actions, game)
+
+
+def _fingerprint(opts: PrepareOptions, files_meta: list[dict[str, Any]], game: str) -> str:
+    """What a resumed build must share with the interrupted one: options, source files, store layout."""
+    fp_src = json.dumps(
+        {
+            "options": opts.fingerprint_fields(),
+            "files": files_meta,
+            "game": game,
+            "format": st.FORMAT_VERSION,
+            "shards": [st.OBS_CHUNK_FRAMES, opts.shard_frames],
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(fp_src.encode()).hexdigest()[:16]
+
+
+def _lost_lap_head(fs: Any, obs_path: str, cover: Cover, zero: np.ndarray) -> int:
+    """Padding rows (0-2) at the start of a window that follows a lost lap.
+
+    The add that jumped over C - 1 wrote 3 padding rows and an episode's first step, so the window starts on
+    padding row 1 or 2 of it or on the step itself. A row with non-zero action/reward/terminal is the step;
+    when flags cannot tell (a first step can be a no-op with zero reward), the frames decide: padding frames
+    are all zero. Reading them streams the file (row C-1 is its last row), which only this rare case pays.
+    """
+    n = 0
+    while n < min(2, zero.shape[0] - 1) and zero[n]:
+        n += 1
+    if n == 0:
+        return 0
+    rows = [(cover.start + i) % cover.capacity for i in range(n)]
+    frames = read_rows(fs, obs_path, rows)
+    k = 0
+    while k < n and not frames[rows[k]].any():
+        k += 1
+    return k
 
 
 def _row_flags(a) -> tuple[np.ndarray, np.ndarray, int]:
@@ -311,7 +469,9 @@ def _shard_spans(d0: int, d1: int, S: int):
         d += n
 
 
-def _make_jobs(source, ckpt_files, pieces, n_steps, out_root, game, S) -> tuple[list[FileJob], dict[int, list[str]]]:
+def _make_jobs(
+    source, obs_paths, pieces, n_steps, out_root, game, S, fmt: str = "dqn", file_rows=None
+) -> tuple[list[FileJob], dict[int, list[str]]]:
     contributors: dict[int, set[str]] = defaultdict(set)
     arrays: dict[str, np.ndarray] = {}
     for (run, n), plist in pieces.items():
@@ -329,18 +489,19 @@ def _make_jobs(source, ckpt_files, pieces, n_steps, out_root, game, S) -> tuple[
     jobs = []
     for (run, n), _ in sorted(pieces.items()):
         job_id = f"r{run}c{n}"
-        ck = ckpt_files[(run, n)]
         jobs.append(
             FileJob(
                 job_id=job_id,
                 fs=source.fs,
-                obs_path=ck.path("observation"),
+                obs_path=obs_paths[(run, n)],
                 pieces=arrays[job_id],
                 partial=str(st.partial_path(out_root, game)),
                 jobs_dir=str(jobs_path(out_root, game)),
                 n_steps=n_steps,
                 owned=frozenset(owned[job_id]),
                 shard_frames=S,
+                format=fmt,
+                file_rows=(file_rows or {}).get((run, n), 0),
             )
         )
     return jobs, shared
@@ -379,7 +540,11 @@ def convert_file(job: FileJob, progress=None) -> dict[str, Any]:
     done_shards = 0
     p0, p1 = job.pieces[:, 0], job.pieces[:, 1]
     raw = 0
-    for row0, frames in iter_frames(job.fs, job.obs_path, BLOCK_ROWS):
+    if job.format == "rlu":
+        blocks = rlu.iter_frames(job.fs, job.obs_path, job.pieces, job.file_rows)
+    else:
+        blocks = iter_frames(job.fs, job.obs_path, BLOCK_ROWS)
+    for row0, frames in blocks:
         row1 = row0 + frames.shape[0]
         raw += frames.nbytes
         for i in np.flatnonzero((p0 < row1) & (p1 > row0)).tolist():
@@ -445,12 +610,25 @@ def prepare_data(opts: PrepareOptions, reporter: Reporter | None = None) -> list
     reporter = reporter or NullReporter()
     names = games.resolve(opts.games)
     out_root = Path(opts.out)
+    if opts.format not in rlu.FORMATS:
+        raise ValueError(f"unknown --format {opts.format!r}; choose one of {', '.join(rlu.FORMATS)}")
     source = Source.open(opts.source)
     if opts.subsample is not None and not 0 < opts.subsample <= 1:
         raise ValueError(f"--subsample must be a fraction in (0, 1], got {opts.subsample}")
     if opts.max_transitions is not None and opts.max_transitions <= 0:
         raise ValueError(f"--max-transitions must be positive, got {opts.max_transitions}")
     split_checkpoints([], opts.split)
+    for name in names:  # every game's folder exists before any store is built
+        try:
+            source.game_dir(name)
+        except SourceError as e:
+            hint = ""
+            if name not in rlu.GAMES and opts.format != "dqn":
+                hint = (
+                    f" (RL Unplugged does not publish {name}: collect it with `jowa collect` or leave it out, "
+                    "see docs/reproduce.md)"
+                )
+            raise SourceError(f"{e}{hint}") from None
     out_root.mkdir(parents=True, exist_ok=True)
     summaries = []
     pool = None
@@ -489,7 +667,7 @@ def _prepare_game(source, name, opts, out_root, reporter, pool, queue) -> dict[s
 
     reporter.log(f"{name}: planning from {source.url}")
     try:
-        plan = plan_game(source, name, opts, out_root, warn)
+        plan = plan_game(source, name, opts, out_root, warn, pool)
     except (SourceError, StreamError):
         _discard(partial, jobs_dir)
         raise

@@ -62,13 +62,20 @@ class Source:
         import fsspec
 
         try:
-            fs, root = fsspec.core.url_to_fs(str(url))
+            # public buckets (DQN-Replay, RL Unplugged) are read anonymously
+            kwargs = {"token": "anon"} if str(url).startswith(("gs://", "gcs://")) else {}
+            fs, root = fsspec.core.url_to_fs(str(url), **kwargs)
         except (ImportError, ValueError) as e:
             raise SourceError(
                 f"{url}: cannot open ({e}); remote URLs need the `remote` extra: pip install 'jowa[remote]'"
             ) from e
-        if not fs.isdir(root):
-            raise SourceError(f"{url}: no such directory")
+        try:
+            found = fs.isdir(root)
+        except Exception as e:  # noqa: BLE001 - any backend's connection or auth failure
+            raise SourceError(f"{url}: cannot open ({type(e).__name__}: {e})") from e
+        if not found:
+            remote = "://" in str(url) and not str(url).startswith("file://")
+            raise SourceError(f"{url}: no such directory{' (or not reachable)' if remote else ''}")
         return cls(url=str(url), fs=fs, root=root.rstrip("/"))
 
     def game_dir(self, game: str) -> str:
@@ -196,6 +203,18 @@ def iter_frames(fs: Any, path: str, block_rows: int = 4096):
             row += n
         if f.read(1):
             raise SourceError(f"{path}: trailing bytes after the array")
+
+
+def read_rows(fs: Any, path: str, rows: list[int]) -> dict[int, np.ndarray]:
+    """Frames of the given rows of an observation file, streaming only as far as the largest row."""
+    want, out = set(rows), {}
+    for row0, frames in iter_frames(fs, path):
+        for r in [r for r in want if row0 <= r < row0 + frames.shape[0]]:
+            out[r] = frames[r - row0].copy()
+            want.discard(r)
+        if not want:
+            break
+    return out
 
 
 @dataclass

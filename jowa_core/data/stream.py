@@ -13,10 +13,12 @@ on Dopamine's ``OutOfGraphReplayBuffer``, stack size 4), with C the buffer capac
 * ``log_final_buffer`` writes a last file with add_count replaced by the cursor (< C). Only the rows written
   since the previous file are new; the rest are stale copies of that file's rows.
 
-Episodes are recovered across file boundaries. After a gap (lost lap, unselected file, start of the
-selection) the position inside an episode is unknown, so rows are skipped up to the first terminal; rows
-after the last terminal of a contiguous block are an unfinished episode and are dropped too. Only complete
-episodes (reset → terminal) are kept.
+Episodes are recovered across file boundaries. After a gap (unselected file, start of the selection) the
+position inside an episode is unknown, so rows are skipped up to the first terminal. After a lost lap it is
+known: the add that jumped over C - 1 began an episode, so the next file's window begins inside that
+episode's padding or on its first step, and the episode is complete (``head_padding``). Rows after the last
+terminal of a contiguous block are an unfinished episode and are dropped. Only complete episodes
+(reset → terminal) are kept.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Cover:
     end: int
     capacity: int
     final: bool = False
+    after_lost_lap: bool = False  # a regular file logged after a lost lap: its window starts an episode
 
     def rows(self, start: int, end: int) -> list[tuple[int, int]]:
         """Row ranges [r0, r1) holding adds [start, end) (a subrange of this cover), in add order."""
@@ -118,7 +121,8 @@ def file_covers(
                 f"{label}lost lap between checkpoints {prev_ckpt} and {ck}: {lost} adds were never logged; "
                 f"the episode in progress is cut there"
             )
-        covers[ck] = Cover(ck, start, end, C, final)
+        lost = prev_end is not None and start > prev_end and not final
+        covers[ck] = Cover(ck, start, end, C, final, after_lost_lap=lost)
         prev_ckpt, prev_end = ck, end
     return covers
 
@@ -160,25 +164,32 @@ class BlockEpisodes:
 
 
 def find_episodes(
-    block_start: int, terminal: np.ndarray, zero_row: np.ndarray | None = None, label: str = ""
+    block_start: int,
+    terminal: np.ndarray,
+    zero_row: np.ndarray | None = None,
+    label: str = "",
+    head_padding: int | None = None,
 ) -> BlockEpisodes:
     """Complete episodes in a contiguous block whose terminal flags, in add order, are ``terminal``.
 
     ``zero_row`` (same length) marks rows whose action, reward and terminal are all zero; padding rows must
     be. At the start of a run (add index 0) the block begins with padding; anywhere else the episode
-    position is unknown until the first terminal.
+    position is unknown until the first terminal, unless ``head_padding`` says the block begins with that many
+    padding rows followed by an episode's first step (a window after a lost lap).
     """
     n = terminal.shape[0]
     all_term = np.flatnonzero(terminal)
-    if block_start == 0:  # the run's first add: padding comes first
-        prev, term, skipped = np.concatenate([[-1], all_term[:-1]])[: all_term.size], all_term, 0
+    if block_start == 0 or head_padding is not None:  # the block begins on an episode's (visible) start
+        first = -1 if block_start == 0 else head_padding - PADDING_ROWS - 1
+        prev, term = np.concatenate([[first], all_term[:-1]])[: all_term.size], all_term
+        skipped = 0 if block_start == 0 else int(head_padding)
     else:  # position unknown until the first terminal
         prev, term = all_term[:-1], all_term[1:]
         skipped = int(all_term[0]) + 1 if all_term.size else n
     if all_term.size:
         dropped = n - (int(all_term[-1]) + 1)
     else:
-        dropped = n if block_start == 0 else 0
+        dropped = n if block_start == 0 or head_padding is not None else 0
     starts = prev + 1 + PADDING_ROWS
     bad = np.flatnonzero(starts > term)
     if bad.size:
@@ -189,6 +200,7 @@ def find_episodes(
         )
     if zero_row is not None and starts.size:
         pad = (starts[:, None] - np.arange(PADDING_ROWS, 0, -1)[None, :]).reshape(-1)
+        pad = pad[pad >= 0]
         not_zero = pad[~zero_row[pad]]
         if not_zero.size:
             raise StreamError(
