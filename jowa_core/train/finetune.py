@@ -44,8 +44,7 @@ from jowa_core.planning.beam import PlanResult, plan
 from jowa_core.progress import NullReporter
 from jowa_core.train.pretrain import (
     JointTokenizer,
-    TrainConfig,
-    build_optimizer,
+    adamw,
     encode_frames,
     load_checkpoint,
     param_fingerprint,
@@ -334,26 +333,30 @@ def _check_resume(saved: dict[str, Any], cfg: FinetuneConfig, inputs: dict[str, 
 Evaluator = Callable[[Path, Path, int, Path], dict[str, Any]]
 
 
-def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str | os.PathLike, game: str,
-             data: str | os.PathLike, out: str | os.PathLike, resume: bool = False,
-             reporter=None, evaluator: Evaluator | None = None) -> dict[str, Any]:
-    """Fine-tune the world-action model of ``ckpt_path`` and (``train_tokenizer``) the ``tokenizer`` on
-    ``game``'s store ``data`` into the run directory ``out``; returns (and writes to ``out/summary.json``) a
-    summary with the best and final models and the tokenizer to use with them. ``resume`` continues the run
-    in ``out`` from its latest checkpoint (same config and inputs; ``stop_after`` may change). ``evaluator`` plays
-    the periodic evaluations (needed when ``eval_episodes`` > 0; ``jowa_core.recipes.finetune.run_finetune`` passes
-    the paper's protocol)."""
-    reporter = reporter or NullReporter()
-    _check(cfg)
-    if cfg.eval_episodes and evaluator is None:
-        raise ValueError("eval_episodes > 0 needs an evaluator: call jowa_core.recipes.finetune.run_finetune, or set "
-                         "eval_episodes=0")
-    out = Path(out)
+@dataclass
+class _Inputs:
+    """Everything a fine-tuning run reads, loaded and checked before anything is written."""
+
+    info: _games.GameInfo
+    ctx: jdist.DistContext
+    model: WorldActionModel
+    meta: dict[str, Any]
+    tok: Any  # the tokenizer (None when it neither trains nor evaluates)
+    loader: Any  # real segments
+    syn_loader: Any  # real contexts for synthetic segments (None without stage 2 synthetic data)
+    n_syn: int  # synthetic rows per stage-2 batch
+    mask: Tensor  # (1, 18) the game's valid actions
+    inputs: dict[str, str]  # resolved paths, recorded in config.yaml and checked on resume
+    resume_from: Path | None
+
+
+def _open_inputs(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str | os.PathLike, game: str,
+                 data: str | os.PathLike, out: Path, resume: bool) -> _Inputs:
+    """Load the model, tokenizer and data of a run and check they fit each other and (on resume) the run."""
     info = _games.get(game)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("fine-tuning runs in one process (no torchrun)")
     device = pick_device(cfg.device, 0)
-    ctx = jdist.DistContext(device=device)
     resume_from = prepare_run(out, resume)
     if not Path(data).exists():
         raise FileNotFoundError(f"no store at {data}")
@@ -392,6 +395,51 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
     if resume_from is not None:
         saved = read_yaml(resume_from / CONFIG_FILE)
         _check_resume({**(saved.get("finetune") or {}), **(saved.get("inputs") or {})}, cfg, inputs, resume_from)
+    return _Inputs(info, jdist.DistContext(device=device), model, meta, tok, loader, syn_loader, n_syn, mask,
+                   inputs, resume_from)
+
+
+def _save_model(path: Path, model: WorldActionModel, tok: Any, step: int, stage: int, cfg: FinetuneConfig,
+                extra: dict[str, Any]) -> Path:
+    """A model-only world_action checkpoint at ``path`` (+ ``tokenizer/`` when ``tok`` is the trained tokenizer)."""
+    with ckpt.atomic_dir(path) as tmp:
+        ckpt.write_model_files(tmp, "world_action", to_dict(model.cfg), model.state_dict(), step=step, stage=stage,
+                               games=[extra["game"]], gamma=cfg.gamma, **extra)
+        if tok is not None:
+            save_tokenizer(tok, tmp / "tokenizer", step=step)
+    return path
+
+
+def _keep_best(out: Path, snapshot: Path, e: dict[str, Any], best: dict[str, Any] | None,
+               tokenizer_of) -> dict[str, Any]:
+    """``best/`` replaced by ``snapshot`` when evaluation ``e`` beats ``best`` (by mean return); the new best."""
+    if best is not None and e["mean"] <= best["mean"]:
+        return best
+    with ckpt.atomic_dir(out / BEST_DIR) as tmp:
+        shutil.rmtree(tmp)
+        shutil.copytree(snapshot, tmp)
+    return {"path": str(out / BEST_DIR), "step": e["step"], "mean": e["mean"], "iqm": e["iqm"],
+            "tokenizer": str(tokenizer_of(out / BEST_DIR))}
+
+
+def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str | os.PathLike, game: str,
+             data: str | os.PathLike, out: str | os.PathLike, resume: bool = False,
+             reporter=None, evaluator: Evaluator | None = None) -> dict[str, Any]:
+    """Fine-tune the world-action model of ``ckpt_path`` and (``train_tokenizer``) the ``tokenizer`` on
+    ``game``'s store ``data`` into the run directory ``out``; returns (and writes to ``out/summary.json``) a
+    summary with the best and final models and the tokenizer to use with them. ``resume`` continues the run
+    in ``out`` from its latest checkpoint (same config and inputs; ``stop_after`` may change). ``evaluator`` plays
+    the periodic evaluations (needed when ``eval_episodes`` > 0; ``jowa_core.recipes.finetune.run_finetune`` passes
+    the paper's protocol)."""
+    reporter = reporter or NullReporter()
+    _check(cfg)
+    if cfg.eval_episodes and evaluator is None:
+        raise ValueError("eval_episodes > 0 needs an evaluator: call jowa_core.recipes.finetune.run_finetune, or set "
+                         "eval_episodes=0")
+    out = Path(out)
+    run = _open_inputs(cfg, ckpt_path, tokenizer, game, data, out, resume)
+    info, ctx, model, tok, mask = run.info, run.ctx, run.model, run.tok, run.mask
+    device, n_syn, mcfg = ctx.device, run.n_syn, run.model.cfg
 
     if cfg.from_scratch:
         torch.manual_seed(cfg.seed)
@@ -399,32 +447,30 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
     model.update_target()
     model.requires_grad_(True)
     model.head_q_target.requires_grad_(False)
-    opt = build_optimizer(model, TrainConfig(lr_world_stage1=cfg.lr, lr_q=cfg.lr, weight_decay=cfg.weight_decay,
-                                             betas=list(cfg.betas)))
+    opt = adamw(model, lr_world=cfg.lr, lr_q=cfg.lr, weight_decay=cfg.weight_decay, betas=list(cfg.betas))
     joint_tok = None
     if cfg.train_tokenizer:
-        joint_tok = _Tokenizer(tok, TrainConfig(tokenizer_lr=cfg.tokenizer_lr,
-                                                tokenizer_batch_size=cfg.tokenizer_batch_size,
-                                                perceptual_weights=cfg.perceptual_weights), ctx)
+        joint_tok = _Tokenizer(tok, ctx, lr=cfg.tokenizer_lr, batch_size=cfg.tokenizer_batch_size,
+                               perceptual_weights=cfg.perceptual_weights)
     support = model.support
     autocast = devices.autocast(device, cfg.amp)
 
     total = cfg.stage1_steps + cfg.stage2_steps
     state: dict[str, Any] = {"step": 0, "stage": 1, "games": [info.name], "real": [0, 0], "synthetic": [0, 0],
                              "log_sums": {}, "log_n": 0, "evals": [], "best": None, "elapsed_s": 0.0}
-    if resume_from is not None:
-        state.update(load_checkpoint(resume_from, model, opt, ctx))  # weights, optimiser, RNG
+    if run.resume_from is not None:
+        state.update(load_checkpoint(run.resume_from, model, opt, ctx))  # weights, optimiser, RNG
         if joint_tok is not None:
-            joint_tok.load(resume_from)
-        reporter.log(f"resuming from {resume_from} at step {state['step']}")
+            joint_tok.load(run.resume_from)
+        reporter.log(f"resuming from {run.resume_from} at step {state['step']}")
     else:
         torch.manual_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / CONFIG_FILE)
     log = MetricsLog(out, METRICS, state["step"])
-    run_cfg = _RunConfig(mcfg, cfg, inputs)
-    real_batches = _Cursor(loader, state["real"])
-    syn_batches = _Cursor(syn_loader, state["synthetic"]) if syn_loader is not None else None
+    run_cfg = _RunConfig(mcfg, cfg, run.inputs)
+    real_batches = _Cursor(run.loader, state["real"])
+    syn_batches = _Cursor(run.syn_loader, state["synthetic"]) if run.syn_loader is not None else None
     task = reporter.task("finetune", total=total, unit="steps")
     reporter.advance(task, state["step"])
     evals: list[dict[str, Any]] = state["evals"]
@@ -432,22 +478,8 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
     sums: dict[str, float] = state["log_sums"]
     n_sum, t0 = state["log_n"], time.perf_counter() - state["elapsed_s"]
     extra = {"game": info.name, "task_id": info.task_id, "source": str(ckpt_path), "from_scratch": cfg.from_scratch}
+    saved_tok = tok if joint_tok is not None else None  # the trained tokenizer goes with every model snapshot
     eval_tok = (lambda path: path / "tokenizer") if joint_tok is not None else (lambda path: Path(tokenizer))
-
-    def model_dir(path: Path, step: int, stage: int) -> Path:
-        """A model-only world_action checkpoint at ``path`` (+ ``tokenizer/`` when it trains)."""
-        with ckpt.atomic_dir(path) as tmp:
-            ckpt.write_model_files(tmp, "world_action", to_dict(mcfg), model.state_dict(), step=step, stage=stage,
-                                   games=[info.name], gamma=cfg.gamma, **extra)
-            if joint_tok is not None:
-                save_tokenizer(tok, tmp / "tokenizer", step=step)
-        return path
-
-    def run_eval(path: Path, step: int) -> dict[str, Any]:
-        rng = rng_state(device)  # the evaluation must not change the training's random streams
-        g = evaluator(path, eval_tok(path), step, out / "evals" / f"step_{step:08d}.json")
-        set_rng_state(rng, device)
-        return {"step": step, "mean": g["mean"], "iqm": g["iqm"], "std": g["std"], "raw_scores": g["raw_scores"]}
 
     model.train()
     step = state["step"]
@@ -487,15 +519,13 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
         row: dict[str, Any] = {}
         do_eval = cfg.eval_episodes > 0 and (step == total or (cfg.eval_every and step % cfg.eval_every == 0))
         if do_eval:  # a model-only snapshot, evaluated; replaced by the training checkpoint below
-            path = model_dir(out / "checkpoints" / f"step_{step:08d}", step, stage)
-            e = run_eval(path, step)
+            path = _save_model(out / "checkpoints" / f"step_{step:08d}", model, saved_tok, step, stage, cfg, extra)
+            rng = rng_state(device)  # the evaluation must not change the training's random streams
+            g = evaluator(path, eval_tok(path), step, out / "evals" / f"step_{step:08d}.json")
+            set_rng_state(rng, device)
+            e = {"step": step, "mean": g["mean"], "iqm": g["iqm"], "std": g["std"], "raw_scores": g["raw_scores"]}
             evals.append(e)
-            if best is None or e["mean"] > best["mean"]:
-                with ckpt.atomic_dir(out / BEST_DIR) as tmp:
-                    shutil.rmtree(tmp)
-                    shutil.copytree(path, tmp)
-                best = {"path": str(out / BEST_DIR), "step": step, "mean": e["mean"], "iqm": e["iqm"],
-                        "tokenizer": str(eval_tok(out / BEST_DIR))}
+            best = _keep_best(out, path, e, best, eval_tok)
             row.update(eval_mean=e["mean"], eval_iqm=e["iqm"], best_mean=best["mean"])
             reporter.log(f"step {step}: eval mean return {e['mean']:.1f} (best {best['mean']:.1f} at step "
                          f"{best['step']})")
@@ -516,10 +546,10 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
         reporter.log(f"stopped at step {step} of {total}: continue with --resume")
         return {"out": str(out), "step": step, "finished": False, "param_fingerprint": param_fingerprint(model)}
     final_stage = 2 if cfg.stage2_steps else 1
-    model_dir(out / FINAL_DIR, step, final_stage)
+    _save_model(out / FINAL_DIR, model, saved_tok, step, final_stage, cfg, extra)
     summary = {"out": str(out), "game": info.name, "task_id": info.task_id, "step": step, "finished": True,
                "from_scratch": cfg.from_scratch, "source_checkpoint": str(ckpt_path),
-               "source_step": meta.get("step"),
+               "source_step": run.meta.get("step"),
                "final": {"path": str(out / FINAL_DIR), "step": step, "tokenizer": str(eval_tok(out / FINAL_DIR))},
                "best": best, "evals": evals, "synthetic_per_batch": n_syn, "device": str(device),
                "tokenizer": {"source": str(tokenizer), "trained": cfg.train_tokenizer,

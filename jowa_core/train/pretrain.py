@@ -139,6 +139,12 @@ def jowa_loss(model: nn.Module, batch: dict[str, Tensor], stage: int, cfg: Train
 
 
 def build_optimizer(model: WorldActionModel, cfg: TrainConfig) -> torch.optim.AdamW:
+    """``adamw`` with pretraining's rates: the world groups at ``lr_world_stage1``, the Q head at ``lr_q``."""
+    return adamw(model, lr_world=cfg.lr_world_stage1, lr_q=cfg.lr_q, weight_decay=cfg.weight_decay, betas=cfg.betas)
+
+
+def adamw(model: WorldActionModel, *, lr_world: float, lr_q: float, weight_decay: float,
+          betas: list[float]) -> torch.optim.AdamW:
     """AdamW with the official groups: Linear weights decay; biases, LayerNorm and embeddings do not; the Q
     head (all of it) decays at its own lr. The target head is not optimised."""
     decay, no_decay, q_params = [], [], []
@@ -153,12 +159,12 @@ def build_optimizer(model: WorldActionModel, cfg: TrainConfig) -> torch.optim.Ad
         else:
             no_decay.append(p)
     groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay, "name": "world_decay"},
+        {"params": decay, "weight_decay": weight_decay, "name": "world_decay"},
         {"params": no_decay, "weight_decay": 0.0, "name": "world_no_decay"},
-        {"params": q_params, "weight_decay": cfg.weight_decay, "name": "q", "lr": cfg.lr_q},
+        {"params": q_params, "weight_decay": weight_decay, "name": "q", "lr": lr_q},
     ]
     fused = all(p.is_cuda for g in groups for p in g["params"]) and any(g["params"] for g in groups)
-    return torch.optim.AdamW(groups, lr=cfg.lr_world_stage1, betas=tuple(cfg.betas), fused=fused or None)
+    return torch.optim.AdamW(groups, lr=lr_world, betas=tuple(betas), fused=fused or None)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -219,22 +225,23 @@ def load_checkpoint(path: Path, model: WorldActionModel, opt: torch.optim.Optimi
 
 class JointTokenizer:
     """The official schedule's tokenizer training during stage 1: each step, Adam on the VQ-VAE loss of
-    ``tokenizer_batch_size`` frames drawn with replacement from the batch's valid frames; the world model
+    ``batch_size`` frames drawn with replacement from the batch's valid frames; the world model
     then tokenises with the updated tokenizer (no gradient). Gradients are averaged over ranks explicitly
     (the loss is not the module's forward, so DDP hooks would not see it)."""
 
-    def __init__(self, tokenizer: nn.Module, cfg: TrainConfig, ctx: jdist.DistContext):
-        self.tok, self.cfg, self.ctx = tokenizer, cfg, ctx
-        self.opt = torch.optim.Adam(tokenizer.parameters(), lr=cfg.tokenizer_lr)
+    def __init__(self, tokenizer: nn.Module, ctx: jdist.DistContext, *, lr: float, batch_size: int,
+                 perceptual_weights: str | None):
+        self.tok, self.ctx, self.batch_size = tokenizer, ctx, batch_size
+        self.opt = torch.optim.Adam(tokenizer.parameters(), lr=lr)
         self.perceptual = None
-        if cfg.perceptual_weights:
-            self.perceptual = load_lpips(cfg.perceptual_weights, device=ctx.device)
+        if perceptual_weights:
+            self.perceptual = load_lpips(perceptual_weights, device=ctx.device)
 
     def step(self, frames: Tensor, valid: Tensor) -> dict[str, Tensor]:
         import torch.distributed as dist
 
         pool = frames[valid]  # (N, 84, 84) uint8
-        idx = torch.randint(0, len(pool), (self.cfg.tokenizer_batch_size // self.ctx.world_size,),
+        idx = torch.randint(0, len(pool), (self.batch_size // self.ctx.world_size,),
                             device=pool.device)
         self.tok.train().requires_grad_(True)
         losses = self.tok.compute_loss(pool[idx], self.perceptual)
@@ -344,7 +351,8 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
     torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
     model = WorldActionModel(cfg.model).to(ctx.device)
     opt = build_optimizer(model, tcfg)
-    joint_tok = JointTokenizer(tokenizer, tcfg, ctx) if joint else None
+    joint_tok = JointTokenizer(tokenizer, ctx, lr=tcfg.tokenizer_lr, batch_size=tcfg.tokenizer_batch_size,
+                               perceptual_weights=tcfg.perceptual_weights) if joint else None
     state: dict[str, Any] = {"step": 0, "stage": 1, "epoch": 0, "batch_in_epoch": 0, "games": dataset.games}
     if resume_from is not None:
         state.update(load_checkpoint(resume_from, model, opt, ctx))
