@@ -297,25 +297,15 @@ def pretrain(cfg: PretrainConfig, out: str | os.PathLike, resume: bool = False, 
         jdist.teardown(ctx)
 
 
-def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Path, resume: bool, reporter,
-              ctx: jdist.DistContext) -> dict[str, Any]:
-    if not dcfg.path:
-        raise ValueError("no data: pass --data (a folder of <Game>.zarr stores) or set data.path")
-    if tcfg.batch_size % ctx.world_size:
-        raise ValueError(f"train.batch_size {tcfg.batch_size} is not divisible by {ctx.world_size} processes")
-    total_steps = tcfg.stage1_steps + tcfg.stage2_steps
-    if total_steps < 1:
-        raise ValueError("train.stage1_steps + train.stage2_steps must be >= 1")
-    if not 0.0 <= tcfg.lr_final_ratio <= 1.0:
-        raise ValueError(f"train.lr_final_ratio must be in [0, 1], got {tcfg.lr_final_ratio}")
-    resume_from = prepare_run(out, resume, ctx.is_main)
-
+def _open_data(cfg: PretrainConfig, ctx: jdist.DistContext) -> tuple[Any, nn.Module | None]:
+    """This rank's segment loader and, when observations are frames, the tokenizer that encodes them (loaded, or
+    new for joint training); checks that the tokens' vocabulary is the model's."""
+    tcfg, dcfg = cfg.train, cfg.data
     games = resolve_games(dcfg.games) if dcfg.games else None
     loader = make_loader(dcfg.path, tcfg.batch_size // ctx.world_size, seq_len=dcfg.seq_len, stride=dcfg.stride,
                          seed=tcfg.seed, num_workers=dcfg.num_workers, rank=ctx.rank, world_size=ctx.world_size,
                          observations="tokens" if dcfg.observations == "tokens" else "frames", games=games,
                          pin_memory=ctx.device.type == "cuda")
-    dataset = loader.dataset
     tokenizer = None
     joint = tcfg.tokenizer_training == "joint_stage1"
     if joint and dcfg.observations != "frames":
@@ -333,10 +323,25 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
         tokenizer.eval().requires_grad_(False)
         vocab = tokenizer.cfg.vocab_size
     else:
-        vocab = store_vocab(dataset.paths)
+        vocab = store_vocab(loader.dataset.paths)
     if vocab is not None and vocab != cfg.model.obs_vocab:
         raise ValueError(f"the observation tokens come from a tokenizer with vocab {vocab}, but model.obs_vocab is "
                          f"{cfg.model.obs_vocab}; set model.obs_vocab={vocab}")
+
+    return loader, tokenizer
+
+
+def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Path, resume: bool, reporter,
+              ctx: jdist.DistContext) -> dict[str, Any]:
+    if not dcfg.path:
+        raise ValueError("no data: pass --data (a folder of <Game>.zarr stores) or set data.path")
+    _check_train(tcfg, ctx)
+    total_steps = tcfg.stage1_steps + tcfg.stage2_steps
+    resume_from = prepare_run(out, resume, ctx.is_main)
+
+    loader, tokenizer = _open_data(cfg, ctx)
+    dataset = loader.dataset
+    joint = tcfg.tokenizer_training == "joint_stage1"
 
     if resume_from is not None:  # before anything in `out` is rewritten
         was = ckpt.read_json(resume_from / ckpt.META).get("tokens_tokenizer_sha256")
@@ -440,18 +445,32 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
             state.update(epoch=state["epoch"] + 1, batch_in_epoch=0)
     log.close()
     if ctx.is_main and step >= total_steps:
-        latest = ckpt.latest_checkpoint(out)
-        final = out / FINAL_DIR
-        with ckpt.atomic_dir(final) as tmp:
-            ckpt.write_model_files(tmp, "world_action", to_dict(cfg.model), model.state_dict(), step=step,
-                                   stage=state["stage"], games=dataset.games, gamma=cfg.train.gamma,
-                                   tokens_tokenizer_sha256=dataset.tokens_tokenizer)
-        if joint_tok is not None:
-            save_tokenizer(tokenizer, out / "final_tokenizer", step=step)
-        reporter.log(f"final model: {final} (training checkpoint {latest})")
+        _write_final(out, cfg, model, state, dataset, tokenizer if joint_tok is not None else None)
+        reporter.log(f"final model: {out / FINAL_DIR} (training checkpoint {ckpt.latest_checkpoint(out)})")
     return {"out": str(out), "step": step, "finished": step >= total_steps, "stage": state["stage"],
             "games": dataset.games, "world_size": ctx.world_size,
             "trainable_parameters": model.num_trainable_parameters(), "param_fingerprint": param_fingerprint(model)}
+
+
+def _write_final(out: Path, cfg: PretrainConfig, model: WorldActionModel, state: dict[str, Any], dataset: Any,
+                 trained_tokenizer: nn.Module | None) -> None:
+    """``final/`` (the model alone, for evaluation and fine-tuning) and, when the tokenizer trained jointly,
+    ``final_tokenizer/``."""
+    with ckpt.atomic_dir(out / FINAL_DIR) as tmp:
+        ckpt.write_model_files(tmp, "world_action", to_dict(cfg.model), model.state_dict(), step=state["step"],
+                               stage=state["stage"], games=dataset.games, gamma=cfg.train.gamma,
+                               tokens_tokenizer_sha256=dataset.tokens_tokenizer)
+    if trained_tokenizer is not None:
+        save_tokenizer(trained_tokenizer, out / "final_tokenizer", step=state["step"])
+
+
+def _check_train(tcfg: TrainConfig, ctx: jdist.DistContext) -> None:
+    if tcfg.batch_size % ctx.world_size:
+        raise ValueError(f"train.batch_size {tcfg.batch_size} is not divisible by {ctx.world_size} processes")
+    if tcfg.stage1_steps + tcfg.stage2_steps < 1:
+        raise ValueError("train.stage1_steps + train.stage2_steps must be >= 1")
+    if not 0.0 <= tcfg.lr_final_ratio <= 1.0:
+        raise ValueError(f"train.lr_final_ratio must be in [0, 1], got {tcfg.lr_final_ratio}")
 
 
 def param_fingerprint(model: nn.Module) -> str:
