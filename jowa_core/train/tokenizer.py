@@ -291,6 +291,28 @@ def _resolve_device(name: str) -> torch.device:
 # Training
 
 
+def heldout_l1(model: Tokenizer, heldout: np.ndarray, autocast, grid_idx: np.ndarray | None,
+               grid_path: Path) -> float | None:
+    """Mean L1 reconstruction error (in [-1, 1] pixel units) of the held-out frames (N, 84, 84) uint8; with
+    ``grid_idx``, those frames above their reconstructions as a PNG at ``grid_path``. None without frames."""
+    if not len(heldout):
+        return None
+    model.eval()
+    errs, recs = [], []
+    with torch.no_grad(), autocast():
+        for i in range(0, len(heldout), 256):
+            x = model.preprocess(heldout[i : i + 256])
+            _, z_q = model.quantize(model.encode_latents(x))
+            rec = model.decode_latents(z_q).float()
+            errs.append((x - rec).abs().mean(dim=(1, 2, 3)))
+            recs.append(rec)
+    model.train()
+    if grid_idx is not None and len(grid_idx):
+        rec = torch.cat(recs)[grid_idx, 0].add(1).div(2).clamp(0, 1).mul(255).round().byte().cpu().numpy()
+        write_grid(grid_path, heldout[grid_idx], rec)
+    return float(torch.cat(errs).mean())
+
+
 def train_tokenizer(cfg: TokenizerTrainConfig, data: str | os.PathLike, out: str | os.PathLike, resume: bool = False,
                     reporter: Reporter | None = None) -> dict[str, Any]:
     """Train a tokenizer on the stores under ``data``; write the run directory ``out``; return a summary."""
@@ -345,24 +367,6 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data: str | os.PathLike, out: str
     grid_idx = np.linspace(0, len(heldout) - 1, num=min(cfg.grid_frames, len(heldout))).round().astype(int) \
         if len(heldout) else np.zeros(0, int)
 
-    def evaluate(step: int, grid: bool) -> float | None:
-        if not len(heldout):
-            return None
-        model.eval()
-        errs, recs = [], []
-        with torch.no_grad(), autocast():
-            for i in range(0, len(heldout), 256):
-                x = model.preprocess(heldout[i : i + 256])
-                _, z_q = model.quantize(model.encode_latents(x))
-                rec = model.decode_latents(z_q).float()
-                errs.append((x - rec).abs().mean(dim=(1, 2, 3)))
-                recs.append(rec)
-        model.train()
-        if grid and len(grid_idx):
-            rec = torch.cat(recs)[grid_idx, 0].add(1).div(2).clamp(0, 1).mul(255).round().byte().cpu().numpy()
-            write_grid(out / "samples" / f"step_{step:08d}.png", heldout[grid_idx], rec)
-        return float(torch.cat(errs).mean())
-
     metrics = MetricsLog(out, METRIC_COLUMNS, start)
     dataset = FrameBatches(parts, cfg.batch_size, cfg.seed)
     task = reporter.task("train tokenizer", total=cfg.steps, unit="steps")
@@ -395,7 +399,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data: str | os.PathLike, out: str
                     "step": step,
                     **{k: _fmt(float(losses[k].detach())) for k in ("total", "reconstruction", "commitment")},
                     "perceptual": _fmt(float(losses["perceptual"].detach())) if "perceptual" in losses else None,
-                    "heldout_l1": _fmt(evaluate(step, grid)),
+                    "heldout_l1": _fmt(heldout_l1(model, heldout, autocast, grid_idx if grid else None,
+                                                      out / "samples" / f"step_{step:08d}.png")),
                     "grad_norm": _fmt(float(grad_norm)),
                     "codebook_usage": _fmt(usage),
                     "perplexity": _fmt(ppl),
