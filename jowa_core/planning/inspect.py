@@ -132,7 +132,7 @@ def inspect_state(model: WorldActionModel, tokenizer: Tokenizer, game: str | Non
         if index is None:
             raise ValueError("a store needs --index (the step to plan from)")
     elif game is None:
-        raise ValueError("give --game for a live game (or --store)")
+        raise ValueError("give --game for a live game (or --data)")
     info = _games.get(game)
     K = _games.beam_width(info.name, beam)
     H = int(horizon)
