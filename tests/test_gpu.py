@@ -10,7 +10,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from jowa_core.bench.plan import synthetic_contexts
-from jowa_core.bench.train import synthetic_batch
+from jowa_core.bench.train import bench_train, synthetic_batch
 from jowa_core.models import transformer
 from jowa_core.models.transformer import SelfAttention
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, segment_tokens
@@ -135,3 +135,9 @@ def test_bf16_training_steps_are_finite_and_follow_fp32():
     for lb, lf in zip(losses[True], losses[False], strict=True):
         assert abs(lb - lf) <= 0.05 * abs(lf), losses
     assert losses[True][-1] < losses[True][0]  # the same batch four times: the loss goes down
+
+
+def test_bench_train_reports_fused_adamw_and_the_flash_kernel():
+    r = bench_train(preset="tiny", batch_size=4, steps=1, warmup=1, device="cuda", precision="bf16", baseline=False)
+    assert r["ours"]["optimizer"] == "AdamW (fused)"
+    assert r["ours"]["attention"] in ("sdpa (flash)", "flash-attn"), r["ours"]["attention"]
