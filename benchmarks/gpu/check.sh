@@ -34,6 +34,7 @@ TRAIN_BATCHES=${TRAIN_BATCHES:-1024 512 256}   # largest first; the first that f
 TRAIN_STEPS=${TRAIN_STEPS:-10}
 TRAIN_WARMUP=${TRAIN_WARMUP:-3}
 TRAIN_COMPILE=${TRAIN_COMPILE:-1}
+TRAIN_ARGS=${TRAIN_ARGS:-}               # more `jowa bench train` options or overrides
 PLAN_S=${PLAN_S:-90}                     # each environment count
 PLAN_PRESET=${PLAN_PRESET:-150m}
 PLAN_ENVS=${PLAN_ENVS:-16 64}
@@ -41,6 +42,7 @@ PLAN_BEAM=${PLAN_BEAM:-3}
 PLAN_HORIZON=${PLAN_HORIZON:-2}
 PLAN_DECISIONS=${PLAN_DECISIONS:-5}
 PLAN_FAST=${PLAN_FAST:-auto}             # --fast-path: auto (CUDA graph on GPU) | static | graph | off
+PLAN_ARGS=${PLAN_ARGS:-}                 # more `jowa bench plan` options (e.g. --threads 1 on a small CPU)
 LEARN=${LEARN:-1}
 LEARN_MIN_S=${LEARN_MIN_S:-90}
 # gpu_results.sh at a reduced scale (its own variables; any can be set from outside)
@@ -99,7 +101,7 @@ if torch.cuda.is_available():
 if shutil.which("nvidia-smi"):
     print(subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm",
                           "--format=csv"], capture_output=True, text=True).stdout.strip())
-missing = []
+missing = {"required": [], "optional": []}
 for mod in ("numpy", "typer", "rich", "ale_py", "gymnasium", "zarr", "zstandard", "google_crc32c", "yaml", "cv2",
             "psutil", "fsspec", "safetensors", "tensorboard", "matplotlib", "pytest", "flash_attn", "triton"):
     try:
@@ -107,8 +109,10 @@ for mod in ("numpy", "typer", "rich", "ale_py", "gymnasium", "zarr", "zstandard"
         print(mod, getattr(m, "__version__", "?"))
     except Exception as e:  # noqa: BLE001
         print(mod, "MISSING", type(e).__name__)
-        missing.append(mod)
-print("missing:", " ".join(missing) or "none", "(flash_attn and triton are optional)")
+        missing["optional" if mod in ("flash_attn", "triton") else "required"].append(mod)
+for kind, mods in missing.items():
+    print(f"missing {kind}:", " ".join(mods) or "none")
+raise SystemExit(1 if missing["required"] else 0)
 PYEOF
 
 # 1. CUDA-only tests (skipped without CUDA)
@@ -116,6 +120,7 @@ PYEOF
 step pytest-gpu "$PYTEST_S" "$PY" -m pytest -q -m gpu -p no:cacheprovider --junitxml "$OUT/pytest-gpu.xml" $PYTEST_ARGS
 
 # 2. training throughput at the largest batch that fits (exit code 2: out of memory, try the next)
+# shellcheck disable=SC2086 # TRAIN_ARGS and PLAN_ARGS are lists of words
 compile=()
 [ "$TRAIN_COMPILE" = 1 ] && compile=(--compile)
 train_end=$((SECONDS + TRAIN_S))
@@ -124,7 +129,7 @@ for bs in $TRAIN_BATCHES; do
     [ "$left" -lt 1 ] && left=1
     step "train-bs$bs" "$left" "$JOWA" bench train --preset "$TRAIN_PRESET" --batch-size "$bs" \
         --steps "$TRAIN_STEPS" --warmup "$TRAIN_WARMUP" --device "$DEVICE" --precision "$PRECISION" "${compile[@]}" \
-        --quiet --json "$OUT/bench-train-bs$bs.json" --out "$OUT/benchmarks.md"
+        --quiet --json "$OUT/bench-train-bs$bs.json" --out "$OUT/benchmarks.md" $TRAIN_ARGS
     [ "$RC" = 2 ] || break
 done
 
@@ -132,7 +137,7 @@ done
 for envs in $PLAN_ENVS; do
     step "plan-envs$envs" "$PLAN_S" "$JOWA" bench plan --preset "$PLAN_PRESET" --envs "$envs" --beam "$PLAN_BEAM" \
         --horizon "$PLAN_HORIZON" --decisions "$PLAN_DECISIONS" --device "$DEVICE" --precision "$PRECISION" \
-        --fast-path "$PLAN_FAST" --quiet --json "$OUT/bench-plan-envs$envs.json" --out "$OUT/benchmarks.md"
+        --fast-path "$PLAN_FAST" --quiet --json "$OUT/bench-plan-envs$envs.json" --out "$OUT/benchmarks.md" $PLAN_ARGS
 done
 
 # 4. a small end-to-end learning run with what is left
