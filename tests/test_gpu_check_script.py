@@ -20,6 +20,7 @@ TINY = {
     "WHEELS": "none", "DEVICE": "cpu", "PRECISION": "fp32", "PYTEST_ARGS": "tests/test_gpu.py",
     "TRAIN_PRESET": "tiny", "TRAIN_BATCHES": "0 4", "TRAIN_STEPS": "1", "TRAIN_WARMUP": "1", "TRAIN_COMPILE": "0",
     "PLAN_PRESET": "tiny", "PLAN_ENVS": "2 3", "PLAN_DECISIONS": "1", "PLAN_FAST": "auto", "PLAN_ARGS": "--threads 1",
+    "PLAN_BASELINE_ENVS": "2",
     "LEARN_MIN_S": "0",
     "BUDGET_S": "3000", "MIN_STEP_S": "0", **{k: v for k, v in LEARN_TINY.items() if k != "DEVICE"},
 }
@@ -51,7 +52,7 @@ def test_check_script_runs_every_step_at_tiny_scale(tmp_path):
     assert train["batch_size"] == 4 and train["ours"]["tokens_per_s"] > 0
     for envs in (2, 3):
         plan = json.loads((out / f"bench-plan-envs{envs}.json").read_text())
-        assert plan["envs"] == envs and plan["fast"]["mode"] == "static" and plan["baseline"] is not None
+        assert plan["envs"] == envs and plan["fast"]["mode"] == "static" and plan["baseline"]["envs"] == 2
     md = (out / "benchmarks.md").read_text()
     assert md.count("## Training throughput") == 1 and md.count("## Planning throughput") == 2
     assert (out / "learning" / "report" / "aggregates.csv").exists()

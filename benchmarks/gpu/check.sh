@@ -26,22 +26,23 @@ DEVICE=${DEVICE:-cuda}
 PRECISION=${PRECISION:-bf16}
 BUDGET_S=${BUDGET_S:-540}                # the whole script, install included
 MIN_STEP_S=${MIN_STEP_S:-20}             # a step starts only with this much of the budget left
-PYTEST_S=${PYTEST_S:-150}
+PYTEST_S=${PYTEST_S:-120}
 PYTEST_ARGS=${PYTEST_ARGS:-tests}
-TRAIN_S=${TRAIN_S:-200}                  # all batch sizes together
+TRAIN_S=${TRAIN_S:-220}                  # all batch sizes together
 TRAIN_PRESET=${TRAIN_PRESET:-150m}
 TRAIN_BATCHES=${TRAIN_BATCHES:-1024 512 256}   # largest first; the first that fits is the result
 TRAIN_STEPS=${TRAIN_STEPS:-10}
 TRAIN_WARMUP=${TRAIN_WARMUP:-3}
 TRAIN_COMPILE=${TRAIN_COMPILE:-1}
 TRAIN_ARGS=${TRAIN_ARGS:-}               # more `jowa bench train` options or overrides
-PLAN_S=${PLAN_S:-90}                     # each environment count
+PLAN_S=${PLAN_S:-75}                     # each environment count
 PLAN_PRESET=${PLAN_PRESET:-150m}
 PLAN_ENVS=${PLAN_ENVS:-16 64}
 PLAN_BEAM=${PLAN_BEAM:-3}
 PLAN_HORIZON=${PLAN_HORIZON:-2}
 PLAN_DECISIONS=${PLAN_DECISIONS:-5}
 PLAN_FAST=${PLAN_FAST:-auto}             # --fast-path: auto (CUDA graph on GPU) | static | graph | off
+PLAN_BASELINE_ENVS=${PLAN_BASELINE_ENVS:-16}  # the node-by-node baseline on at most this many (its cost is per env)
 PLAN_ARGS=${PLAN_ARGS:-}                 # more `jowa bench plan` options (e.g. --threads 1 on a small CPU)
 LEARN=${LEARN:-1}
 LEARN_MIN_S=${LEARN_MIN_S:-90}
@@ -135,8 +136,10 @@ done
 
 # 3. planning throughput: ours, the fast path and the node-by-node baseline in one run per environment count
 for envs in $PLAN_ENVS; do
+    base_envs=$((envs < PLAN_BASELINE_ENVS ? envs : PLAN_BASELINE_ENVS))
     step "plan-envs$envs" "$PLAN_S" "$JOWA" bench plan --preset "$PLAN_PRESET" --envs "$envs" --beam "$PLAN_BEAM" \
-        --horizon "$PLAN_HORIZON" --decisions "$PLAN_DECISIONS" --device "$DEVICE" --precision "$PRECISION" \
+        --horizon "$PLAN_HORIZON" --decisions "$PLAN_DECISIONS" --baseline-envs "$base_envs" \
+        --device "$DEVICE" --precision "$PRECISION" \
         --fast-path "$PLAN_FAST" --quiet --json "$OUT/bench-plan-envs$envs.json" --out "$OUT/benchmarks.md" $PLAN_ARGS
 done
 

@@ -10,7 +10,8 @@ upper bound without planning.
 Baseline, measured in the same run: ``plan_node_by_node`` (``jowa_core.planning.reference``), the official
 planner's structure: one environment at a time, one node at a time, each child copying its parent's KV cache
 and imagining its step alone (37 forwards of batch 1 per child), on the same model, contexts and precision.
-It is slow, so it runs fewer decisions (``baseline_decisions`` rounds over all environments). Its actions are
+It is slow, so it runs fewer decisions (``baseline_decisions`` rounds over all environments, or over the first
+``baseline_envs``: its cost per environment does not depend on how many there are). Its actions are
 compared with ours (``agreement``: they should match in fp32 up to ties; bf16 rounding can flip near-ties).
 
 Fast path (``fast_path``, ``--fast-path``), measured in the same run when not ``off``: ``StaticPlanner``
@@ -97,12 +98,14 @@ class _Timer:
 
 
 def command_line(preset: str, envs: int, beam: int, horizon: int, decisions: int, device: str, precision: str,
-                 baseline: bool, baseline_decisions: int, threads: int | None = None, fast_path: str = "off") -> str:
+                 baseline: bool, baseline_decisions: int, threads: int | None = None, fast_path: str = "off",
+                 baseline_envs: int | None = None) -> str:
     """The `jowa bench plan` command that reproduces a run (defaults left out)."""
     parts = ["jowa bench plan", f"--preset {preset}", f"--envs {envs}", f"--beam {beam}", f"--horizon {horizon}"]
     for flag, value, default in (("--decisions", decisions, 5), ("--device", device, "auto"),
                                  ("--precision", precision, "auto"), ("--baseline-decisions", baseline_decisions, 1),
-                                 ("--threads", threads, None), ("--fast-path", fast_path, "off")):
+                                 ("--threads", threads, None), ("--fast-path", fast_path, "off"),
+                                 ("--baseline-envs", baseline_envs, None)):
         if value != default:
             parts.append(f"{flag} {value}")
     parts += ["--no-baseline"] * (not baseline)
@@ -113,7 +116,7 @@ def bench_plan(preset: str = "150m", envs: int = 16, beam: int = 3, horizon: int
                decisions: int = 5, warmup: int = 1, device: str = "auto", precision: str = "auto",
                baseline: bool = True, baseline_decisions: int = 1, gamma: float = 0.99, seed: int = 0,
                threads: int | None = None, reporter=None, markdown: str | os.PathLike | None = None,
-               fast_path: str = "off") -> dict[str, Any]:
+               fast_path: str = "off", baseline_envs: int | None = None) -> dict[str, Any]:
     """Time the batched planner (``decisions`` timed calls over ``envs`` contexts after ``warmup`` untimed ones),
     greedy acting, and the node-by-node baseline (``baseline_decisions`` rounds over the environments).
 
@@ -122,6 +125,7 @@ def bench_plan(preset: str = "150m", envs: int = 16, beam: int = 3, horizon: int
     dict; ``threads``: torch CPU threads for the run (restored afterwards; on a small shared machine 1 thread
     avoids OpenMP spinning, which costs the tiny model's batch-1 forwards 10-40x). ``markdown``: append a dated
     section to that file. ``fast_path``: off | static | graph | auto, the static-cache planner timed next to ours.
+    ``baseline_envs``: time the baseline on the first that many environments only (default: all).
     """
     if threads is not None and threads < 1:
         raise ValueError(f"--threads {threads}: expected >= 1")
@@ -130,17 +134,21 @@ def bench_plan(preset: str = "150m", envs: int = 16, beam: int = 3, horizon: int
         torch.set_num_threads(threads)
     try:
         return _bench_plan(preset, envs, beam, horizon, history, decisions, warmup, device, precision, baseline,
-                           baseline_decisions, gamma, seed, threads, reporter, markdown, fast_path)
+                           baseline_decisions, gamma, seed, threads, reporter, markdown, fast_path,
+                           baseline_envs)
     finally:
         torch.set_num_threads(before)
 
 
 @torch.no_grad()
 def _bench_plan(preset, envs, beam, horizon, history, decisions, warmup, device, precision, baseline,
-                baseline_decisions, gamma, seed, threads, reporter, markdown, fast_path="off") -> dict[str, Any]:
+                baseline_decisions, gamma, seed, threads, reporter, markdown, fast_path="off",
+                baseline_envs=None) -> dict[str, Any]:
     reporter = reporter or NullReporter()
     if envs < 1 or decisions < 1 or warmup < 0 or baseline_decisions < 1:
         raise ValueError("--envs, --decisions and --baseline-decisions must be >= 1 (--warmup >= 0)")
+    if baseline_envs is not None and not 1 <= baseline_envs <= envs:
+        raise ValueError(f"--baseline-envs {baseline_envs}: expected 1..{envs}")
     if beam < 1 or horizon < 0:
         raise ValueError(f"--beam {beam} --horizon {horizon}: expected beam >= 1 and horizon >= 0")
     if precision not in ("auto", "bf16", "fp32"):
@@ -197,7 +205,8 @@ def _bench_plan(preset, envs, beam, horizon, history, decisions, warmup, device,
     base: dict[str, Any] | None = None
     ratio = agreement = None
     if baseline and not greedy_only:
-        task = reporter.task("bench plan: baseline (node by node)", total=1 + envs * baseline_decisions,
+        base_envs = baseline_envs or envs
+        task = reporter.task("bench plan: baseline (node by node)", total=1 + base_envs * baseline_decisions,
                              unit="env decisions")
         t0 = time.perf_counter()
         plan_node_by_node(model, tokens[0], tasks[0], mask[0], beam, horizon, gamma)  # untimed warm-up
@@ -205,14 +214,14 @@ def _bench_plan(preset, envs, beam, horizon, history, decisions, warmup, device,
         warm = time.perf_counter() - t0
         times, agree = [], 0
         for _ in range(baseline_decisions):
-            for i in range(envs):
+            for i in range(base_envs):
                 (a, _), t = timer(plan_node_by_node, model, tokens[i], tasks[i], mask[i], beam, horizon, gamma)
                 times.append(t)
                 agree += int(a == int(our_action[i]))
                 reporter.advance(task)
         total = sum(times)
         base = {"env_decision_time_median_s": statistics.median(times), "env_decision_times_s": times,
-                "warmup_s": warm, "decisions": baseline_decisions,
+                "warmup_s": warm, "decisions": baseline_decisions, "envs": base_envs,
                 "decisions_per_s": len(times) / total, "env_steps_per_s": len(times) / total,
                 "description": "node by node: one environment, one node at a time, each child imagined alone "
                                "with a copy of its parent's KV cache (the official planner's structure)"}
@@ -231,7 +240,7 @@ def _bench_plan(preset, envs, beam, horizon, history, decisions, warmup, device,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "command": command_line(preset, envs, beam, horizon, decisions, device, precision, baseline,
-                                baseline_decisions, threads, fast_path),
+                                baseline_decisions, threads, fast_path, baseline_envs),
         "preset": preset,
         "params": params,
         "precision": "bf16 weights and KV cache" if use_bf16 else "fp32",
@@ -297,7 +306,8 @@ def describe(r: dict[str, Any]) -> str:
             f"{r['envs']} environments ({', '.join(sorted(set(r['games'])))}), beam K={r['beam']}, horizon "
             f"H={r['horizon']}, {r['history']} steps of context ({r['context_tokens']} tokens); {r['decisions']} "
             f"timed decisions after {r['warmup']} warm-up"
-            + (f"; baseline: {r['baseline']['decisions']} decision(s) per environment" if r["baseline"] else ""))
+            + (f"; baseline: {r['baseline']['decisions']} decision(s) per environment on "
+               f"{r['baseline'].get('envs', r['envs'])} of them" if r["baseline"] else ""))
 
 
 def summary_lines(r: dict[str, Any]) -> list[str]:
