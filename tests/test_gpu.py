@@ -119,7 +119,7 @@ def test_bf16_training_steps_are_finite_and_follow_fp32():
     tcfg = TrainConfig(batch_size=8)
     losses = {}
     for amp in (False, True):
-        model = _model("tiny", seed=3).train()
+        model = _model("tiny", seed=3, embed_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0, q_dropout=0.0).train()
         model.update_target()
         opt = build_optimizer(model, tcfg)
         assert opt.defaults["fused"], "AdamW is not fused on CUDA"
@@ -134,7 +134,7 @@ def test_bf16_training_steps_are_finite_and_follow_fp32():
     assert all(torch.isfinite(torch.tensor(v)).all() for v in losses.values())
     for lb, lf in zip(losses[True], losses[False], strict=True):
         assert abs(lb - lf) <= 0.05 * abs(lf), losses
-    assert losses[True][-1] < losses[True][0]  # the same batch four times: the loss goes down
+    assert losses[True][-1] < losses[True][0]  # the same batch four times, no dropout: the loss goes down
 
 
 def test_bench_train_reports_fused_adamw_and_the_flash_kernel():
