@@ -12,7 +12,7 @@ from jowa_core.bench.plan import synthetic_contexts
 from jowa_core.models.transformer import KVCache
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel
 from jowa_core.planning.beam import child_rows, plan
-from jowa_core.planning.static import StaticPlanner, resolve_fast_path
+from jowa_core.planning.static import StaticPlanner, StaticPlanners, bucket_rows, resolve_fast_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -86,3 +86,20 @@ def test_fork_into_a_preallocated_cache():
     assert torch.equal(out.k[:, :, :, :6], k[:, index, :, :6]) and torch.equal(out.v[:, :, :, :6], -k[:, index, :, :6])
     with pytest.raises(ValueError, match="expected 3 rows"):
         cache.fork(index[:3], out)
+
+
+def test_static_planners_pad_to_buckets_and_equal_plan_on_the_padded_batch():
+    model = _model(3)
+    planners = StaticPlanners(max_planners=2)
+    assert [bucket_rows(n) for n in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, 16] and bucket_rows(3, 8) == 8
+    for n, steps, seed in ((3, 6, 0), (4, 6, 1), (3, 5, 2), (2, 6, 3), (3, 6, 4)):
+        tokens, tasks, mask, _ = synthetic_contexts(model.cfg, n, steps, seed=seed)
+        got = planners(model, tokens, tasks, mask, beam=3, horizon=2, gamma=0.95)
+        index = torch.tensor(list(range(n)) + [n - 1] * (bucket_rows(n) - n))
+        ref = plan(model, tokens[index], tasks[index], mask[index], beam=3, horizon=2, gamma=0.95)
+        assert torch.equal(got.action, ref.action[:n]) and torch.equal(got.score, ref.score[:n])
+        assert got.action.shape == (n,) and torch.equal(got.q_root, ref.q_root[:n])
+    # shapes (4, 221), (4, 184), (2, 221), (4, 221): the LRU of 2 rebuilt (4, 221) after (4, 184) and (2, 221)
+    assert planners.built == 4 and len(planners.planners) == 2
+    greedy = planners(model, tokens, tasks, mask, beam=1, horizon=2)
+    assert torch.equal(greedy.action, plan(model, tokens, tasks, mask, beam=1).action)

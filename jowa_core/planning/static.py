@@ -103,3 +103,46 @@ class StaticPlanner:
         tree = [{k: v.clone() for k, v in depth.items()} for depth in out.tree]
         return PlanResult(out.action.clone(), out.q_root.clone(), out.score.clone(), tree)
 
+
+
+def bucket_rows(n: int, min_rows: int = 1) -> int:
+    """The padded batch of a call with ``n`` rows: the next power of two, at least ``min_rows``."""
+    return max(int(min_rows), 1 << max(0, int(n) - 1).bit_length())
+
+
+class StaticPlanners:
+    """A ``plan``-compatible callable for ``Agent(planner=)``: each call's N rows are padded (the last row repeated)
+    to ``bucket_rows(N)`` and planned by a ``StaticPlanner`` per (rows, T, beam, horizon, gamma, reward mode),
+    built on first use and kept in an LRU of ``max_planners`` (each holds its caches and, with ``cuda_graph``,
+    its graph). Greedy or recorded calls go to ``plan``. The padded rows' results are dropped: rows never
+    interact, so the real rows get what ``plan`` gives them on the padded batch."""
+
+    def __init__(self, cuda_graph: bool = False, max_planners: int = 8, min_rows: int = 1):
+        if max_planners < 1:
+            raise ValueError(f"max_planners {max_planners}: expected >= 1")
+        self.cuda_graph, self.max_planners, self.min_rows = cuda_graph, max_planners, min_rows
+        self.planners: dict[tuple, StaticPlanner] = {}  # insertion order = least recently used first
+        self.built = 0
+
+    @torch.no_grad()
+    def __call__(self, model: WorldActionModel, tokens: Tensor, tasks: Tensor, action_mask: Tensor, beam: int = 2,
+                 horizon: int = 2, gamma: float = 0.99, record: bool = False,
+                 reward_mode: str = DEFAULT_REWARD_MODE) -> PlanResult:
+        if beam <= 1 or horizon <= 0 or record:
+            return plan(model, tokens, tasks, action_mask, beam, horizon, gamma, record, reward_mode)
+        N, T = tokens.shape
+        rows = bucket_rows(N, self.min_rows)
+        key = (rows, T, beam, horizon, float(gamma), reward_mode)
+        planner = self.planners.pop(key, None)
+        if planner is None or planner.model is not model:
+            planner = StaticPlanner(model, rows, T, beam, horizon, gamma, reward_mode, cuda_graph=self.cuda_graph)
+            self.built += 1
+        self.planners[key] = planner
+        while len(self.planners) > self.max_planners:
+            del self.planners[next(iter(self.planners))]
+        if rows > N:
+            pad = torch.full((rows - N,), N - 1, dtype=torch.long, device=tokens.device)
+            index = torch.cat([torch.arange(N, device=tokens.device), pad])  # (rows,)
+            tokens, tasks, action_mask = tokens[index], tasks[index], action_mask[index]
+        res = planner(tokens, tasks, action_mask)
+        return PlanResult(res.action[:N], res.q_root[:N], res.score[:N])
