@@ -15,7 +15,7 @@ from jowa_core.models import transformer
 from jowa_core.models.transformer import SelfAttention
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, segment_tokens
 from jowa_core.planning.beam import plan
-from jowa_core.planning.static import StaticPlanner
+from jowa_core.planning.static import StaticPlanner, StaticPlanners
 from jowa_core.train.pretrain import TrainConfig, build_optimizer, jowa_loss
 from jowa_core.train.step import optimizer_step
 
@@ -141,3 +141,17 @@ def test_bench_train_reports_fused_adamw_and_the_flash_kernel():
     r = bench_train(preset="tiny", batch_size=4, steps=1, warmup=1, device="cuda", precision="bf16", baseline=False)
     assert r["ours"]["optimizer"] == "AdamW (fused)"
     assert r["ours"]["attention"] in ("sdpa (flash)", "flash-attn"), r["ours"]["attention"]
+
+
+def test_static_planners_with_cuda_graphs_equal_plan_on_the_padded_batch():
+    model = _model("tiny", seed=5)
+    planners = StaticPlanners(cuda_graph=True, max_planners=2)
+    for n, steps, seed in ((3, 6, 0), (4, 6, 1), (3, 5, 2), (3, 6, 3)):
+        tokens, tasks, mask, _ = synthetic_contexts(model.cfg, n, steps, seed=seed)
+        tokens, tasks, mask = tokens.to(CUDA), tasks.to(CUDA), mask.to(CUDA)
+        got = planners(model, tokens, tasks, mask, beam=3, horizon=2)
+        index = torch.tensor(list(range(n)) + [n - 1] * (4 - n), device=CUDA)
+        ref = plan(model, tokens[index], tasks[index], mask[index], beam=3, horizon=2)
+        assert torch.equal(got.action, ref.action[:n])
+        torch.testing.assert_close(got.score, ref.score[:n], rtol=1e-5, atol=1e-5)
+    assert planners.built == 2
