@@ -1,6 +1,7 @@
 """benchmarks/gpu/check.sh, the prepared device check of docs/benchmarks.md ("GPU check"), at a tiny scale on CPU:
 every step runs and records itself (steps.jsonl, summary.md), bench train falls back to the next batch size on
-exit code 2, bench plan writes the fast path next to ours, the learning run reports; with no budget left every
+exit code 2, bench plan writes the fast path next to ours, the learning run reports and its planning evaluation
+reruns with --fast-path; with no budget left every
 step is recorded as skipped and the script still exits 0."""
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ def _run(out: Path, **env: str) -> tuple[subprocess.CompletedProcess, list[dict]
 
 def test_check_script_without_budget_records_every_step_as_skipped(tmp_path):
     _, steps = _run(tmp_path / "out", BUDGET_S="0", MIN_STEP_S="20", TRAIN_BATCHES="8 4")
-    assert [s["step"] for s in steps] == ["env", "pytest-gpu", "train-bs8", "plan-envs2", "plan-envs3", "learning"]
+    assert [s["step"] for s in steps] == ["env", "pytest-gpu", "train-bs8", "plan-envs2", "plan-envs3", "learning",
+                                          "evaluate-fast"]
     assert {s["status"] for s in steps} == {"skipped"}
-    assert (tmp_path / "out" / "summary.md").read_text().count("| skipped |") == 6
+    assert (tmp_path / "out" / "summary.md").read_text().count("| skipped |") == 7
 
 
 @pytest.mark.slow
@@ -46,7 +48,8 @@ def test_check_script_runs_every_step_at_tiny_scale(tmp_path):
     r, steps = _run(out)
     status = {s["step"]: (s["status"], s["rc"]) for s in steps}
     assert status == {"env": ("ok", 0), "pytest-gpu": ("ok", 0), "train-bs0": ("failed", 2), "train-bs4": ("ok", 0),
-                      "plan-envs2": ("ok", 0), "plan-envs3": ("ok", 0), "learning": ("ok", 0)}, r.stdout[-3000:]
+                      "plan-envs2": ("ok", 0), "plan-envs3": ("ok", 0), "learning": ("ok", 0),
+                      "evaluate-fast": ("ok", 0)}, r.stdout[-3000:]
     assert "missing required: none" in (out / "env.log").read_text()
     train = json.loads((out / "bench-train-bs4.json").read_text())
     assert train["batch_size"] == 4 and train["ours"]["tokens_per_s"] > 0
@@ -56,4 +59,6 @@ def test_check_script_runs_every_step_at_tiny_scale(tmp_path):
     md = (out / "benchmarks.md").read_text()
     assert md.count("## Training throughput") == 1 and md.count("## Planning throughput") == 2
     assert (out / "learning" / "report" / "aggregates.csv").exists()
+    fast = json.loads((out / "learning" / "scores" / "JOWA-plan-fast.json").read_text())
+    assert fast["agent"]["fast_path"] == "static" and fast["throughput"]["env_steps"] > 0
     assert "skipped" in (out / "pytest-gpu.log").read_text()  # CUDA-only tests skip cleanly on CPU

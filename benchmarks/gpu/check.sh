@@ -8,7 +8,8 @@
 # 2. jowa bench train --preset 150m --precision bf16 --compile at the largest batch of TRAIN_BATCHES that fits;
 # 3. jowa bench plan --preset 150m --beam 3 --horizon 2 at 16 and 64 environments, the fast path (static KV cache,
 #    CUDA graph) and the node-by-node baseline in the same run;
-# 4. benchmarks/gpu_results.sh at a reduced scale, if at least LEARN_MIN_S seconds of BUDGET_S remain.
+# 4. benchmarks/gpu_results.sh at a reduced scale, if at least LEARN_MIN_S seconds of BUDGET_S remain;
+# 5. then its planning evaluation again with `jowa evaluate --fast-path` (StaticPlanners, CUDA graphs).
 #
 # Each step runs under `timeout` within what is left of BUDGET_S and writes as it goes under $OUT: <step>.log,
 # bench-*.json, benchmarks.md (the bench tables), steps.jsonl and summary.md (one line per step: status, exit code,
@@ -148,6 +149,15 @@ if [ "$LEARN" = 1 ] && [ $((BUDGET_S - SECONDS)) -ge "$LEARN_MIN_S" ]; then
     step learning $((BUDGET_S - SECONDS)) env OUT="$OUT/learning" DEVICE="$DEVICE" bash benchmarks/gpu_results.sh
 else
     record learning skipped null 0
+    RC=-1
+fi
+# 5. its planning evaluation again through the fast path (compare throughput.env_steps_per_s with JOWA-plan.json)
+if [ "$RC" = 0 ]; then
+    step evaluate-fast $((BUDGET_S - SECONDS)) "$JOWA" evaluate --ckpt "$OUT/learning/pretrain" \
+        --tokenizer "$OUT/learning/tokenizer" --games "$GAMES" --episodes "$EPISODES" --max-frames "$MAX_FRAMES" \
+        --device "$DEVICE" --fast-path "$PLAN_FAST" --out "$OUT/learning/scores/JOWA-plan-fast.json" --quiet
+else
+    record evaluate-fast skipped null 0
 fi
 
 rm -rf "$BIN"

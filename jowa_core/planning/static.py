@@ -38,8 +38,7 @@ class StaticPlanner:
     """``plan`` for ``envs`` contexts of ``context_tokens`` tokens with preallocated caches (see the module doc).
 
     Call it as ``plan`` without the sizes: ``planner(tokens (N, T), tasks (N,), action_mask (N, A))``; ``record``
-    keeps the search tree. In eager mode the result's tensors may share memory with the reused caches' outputs
-    only through ``plan``'s own allocations (fresh per call); graph replays return copies.
+    keeps the search tree. Results are fresh tensors (eager: ``plan``'s own; graph: copies of the graph's outputs).
     """
 
     def __init__(self, model: WorldActionModel, envs: int, context_tokens: int, beam: int = 2, horizon: int = 2,
