@@ -124,6 +124,13 @@ def plan(
     threads: Annotated[
         int | None, typer.Option(help="torch CPU threads (default: torch's); 1 avoids OpenMP spinning on small CPUs.")
     ] = None,
+    baseline_envs: Annotated[
+        int | None, typer.Option(help="Time the baseline on the first N environments only (default: all).")
+    ] = None,
+    fast_path: Annotated[
+        str, typer.Option(help="Also time the static-KV-cache planner: off, static, graph (one CUDA graph per "
+                               "decision) or auto (graph on GPU, static on CPU).")
+    ] = "off",
     out: Annotated[str, typer.Option(help="Append the results as a dated section to this Markdown file.")] = "",
     json_out: Annotated[str, typer.Option("--json", help="Write results as JSON here ('-' for stdout).")] = "",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
@@ -145,7 +152,7 @@ def plan(
         result = bench_plan(preset=preset, envs=envs, beam=beam, horizon=horizon, decisions=decisions,
                             warmup=warmup, device=device, precision=precision, baseline=baseline,
                             baseline_decisions=baseline_decisions, threads=threads, reporter=reporter,
-                            markdown=out or None)
+                            markdown=out or None, fast_path=fast_path, baseline_envs=baseline_envs)
     finally:
         reporter.close()
     _print_comparison("plan", result, table_rows(result), ("ours (batched)", "baseline (node by node)"))

@@ -60,6 +60,9 @@ def evaluate(
     mcts: Annotated[bool, typer.Option("--mcts", help="Plan with MCTS (K^2 (H-1) + K simulations) instead.")] = False,
     batch: Annotated[int, typer.Option(help="Most environments per planner call (memory ~ batch x beam^2).")] = 64,
     backend: Annotated[str, typer.Option(help="Emulators: auto, vector (ale-py AtariVectorEnv) or loop.")] = "auto",
+    fast_path: Annotated[str, typer.Option(
+        help="Beam search with preallocated KV caches per padded batch shape: off, static, graph (CUDA graphs) or "
+             "auto (graph on GPU, static on CPU).")] = "off",
     out: Annotated[str, typer.Option(help="Scores JSON (per episode and per game, settings, hashes).")] = (
         "scores.json"
     ),
@@ -90,7 +93,7 @@ def evaluate(
     agent = AgentSettings(plan=not no_plan, planner="mcts" if mcts else "beam",
                           beam=beam if beam == "auto" else _int_option("--beam", beam), horizon=horizon,
                           history=history or None, gamma=gamma, reward_mode=imagined_reward, precision=precision,
-                          max_batch=batch, q_dropout=q_dropout)
+                          max_batch=batch, q_dropout=q_dropout, fast_path=fast_path)
     is_main = os.environ.get("RANK", "0") == "0"
     reporter = make_reporter(quiet=quiet or not is_main)
     try:

@@ -50,3 +50,24 @@ def test_bench_plan_cli_without_baseline(tmp_path):
     assert r["ours"]["env_steps_per_s"] > 0
     bad = CliRunner().invoke(app, ["bench", "plan", "--preset", "huge", "--device", "cpu", "--quiet"])
     assert bad.exit_code == 2
+
+
+def test_bench_plan_fast_path_next_to_ours_and_the_baseline(tmp_path):
+    md = tmp_path / "bench.md"
+    r = bench_plan(preset="tiny", envs=3, decisions=1, warmup=0, device="cpu", fast_path="auto", markdown=md,
+                   baseline_envs=2)
+    f = r["fast"]
+    assert f["mode"] == "static" and f["env_steps_per_s"] > 0 and f["cache_mib"] > 0
+    assert f["agreement_with_ours"] == 1.0  # fp32: the same search
+    assert f["speedup_vs_ours"] > 0 and f["speedup_vs_baseline"] > 0
+    assert "--fast-path auto" in r["command"] and "--baseline-envs 2" in r["command"]
+    assert r["baseline"]["envs"] == 2 and len(r["baseline"]["env_decision_times_s"]) == 2
+    text = md.read_text()
+    assert "fast path (static KV cache, eager): env steps/s" in text and "fast path ÷ ours" in text
+    assert bench_plan(preset="tiny", envs=1, decisions=1, device="cpu", baseline=False)["fast"] is None
+    with pytest.raises(ValueError, match="CUDA"):
+        bench_plan(preset="tiny", envs=1, decisions=1, device="cpu", fast_path="graph")
+    with pytest.raises(ValueError, match="baseline-envs"):
+        bench_plan(preset="tiny", envs=2, decisions=1, device="cpu", baseline_envs=3)
+    with pytest.raises(ValueError, match="fast-path"):
+        bench_plan(preset="tiny", envs=1, decisions=1, device="cpu", fast_path="turbo")

@@ -447,3 +447,19 @@ def test_evaluate_writes_videos_of_chosen_episodes(tmp_path, ckpts):
     ok, frame = cap.read()
     assert ok and frame.shape == (336, 336, 3) and n == eps[1]["length"] == 12
     assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["Pong_episode1.mp4"]
+
+
+def test_evaluate_with_the_fast_path_plays_the_same_episodes(tmp_path, ckpts):
+    from jowa_core.evaluation.envs import EvalSettings
+    from jowa_core.evaluation.runner import evaluate
+
+    model_dir, tok_dir = ckpts
+    kw = {"episodes": 2, "settings": EvalSettings(max_frames=40), "device": "cpu", "backend": "loop"}
+    slow = evaluate(model_dir, tok_dir, ["Pong"], agent=AgentSettings(beam=2, horizon=2), **kw)
+    fast = evaluate(model_dir, tok_dir, ["Pong"], agent=AgentSettings(beam=2, horizon=2, fast_path="auto"), **kw)
+    assert fast["agent"]["fast_path"] == "static" and "fast_path" not in slow["agent"]
+    assert fast["games"]["Pong"]["raw_scores"] == slow["games"]["Pong"]["raw_scores"]
+    assert [e["length"] for e in fast["games"]["Pong"]["episodes"]] == [10, 10]
+    assert fast["throughput"]["decisions"] == slow["throughput"]["decisions"] > 0
+    with pytest.raises(ValueError, match="fast_path"):
+        AgentSettings(fast_path="warp")

@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from jowa_core import devices, games
 from jowa_core.bench.table import append_comparison, fmt_rate
@@ -182,6 +183,38 @@ def _attention_label(cfg: WorldActionConfig, device: torch.device, amp: bool) ->
     return "sdpa"
 
 
+def sdpa_kernel_label(device: torch.device, dtype: torch.dtype, num_heads: int, head_dim: int, tokens: int,
+                      dropout: float) -> str:
+    """Which fused SDPA kernel takes causal attention of these shapes (training, with ``dropout``) on ``device``:
+    probed by running SDPA restricted to each kernel in the dispatcher's order of preference (flash, then
+    memory-efficient); "math" when neither runs. CPU: "cpu kernel"."""
+    if device.type != "cuda":
+        return "cpu kernel"
+    q = torch.randn(1, num_heads, tokens, head_dim, device=device, dtype=dtype)
+    for backend, label in ((SDPBackend.FLASH_ATTENTION, "flash"), (SDPBackend.EFFICIENT_ATTENTION, "memory-efficient")):
+        try:
+            with sdpa_kernel([backend]):
+                torch.nn.functional.scaled_dot_product_attention(q, q, q, dropout_p=dropout, is_causal=True)
+            return label
+        except RuntimeError:
+            continue
+    return "math"
+
+
+def optimizer_label(opt: torch.optim.Optimizer) -> str:
+    """``AdamW (fused)``, ``(foreach)`` or ``(for-loop)``: the implementation ``opt.step`` runs (torch picks foreach
+    by default when every parameter is on CUDA)."""
+    d = opt.defaults
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if d.get("fused"):
+        kind = "fused"
+    elif d.get("foreach") or (d.get("foreach") is None and params and all(p.is_cuda for p in params)):
+        kind = "foreach"
+    else:
+        kind = "for-loop"
+    return f"{type(opt).__name__} ({kind})"
+
+
 def _free(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -255,8 +288,15 @@ class _Run:
         final_loss = float(self.loss) if self.loss is not None else math.nan
         if not math.isfinite(final_loss):
             raise RuntimeError(f"{self.label}: the loss is {final_loss} (not finite) on the synthetic batch")
+        attention = _attention_label(self.cfg, self.device, amp)
+        if attention == "sdpa":
+            cfg = self.cfg
+            dtype = torch.bfloat16 if amp else torch.float32
+            attention += " (" + sdpa_kernel_label(self.device, dtype, cfg.num_heads, cfg.embed_dim // cfg.num_heads,
+                                                  cfg.max_tokens, cfg.attn_pdrop) + ")"
         return {
-            "attention": _attention_label(self.cfg, self.device, amp),
+            "attention": attention,
+            "optimizer": optimizer_label(self.opt),
             "compile": self.compile,
             "warmup_s": self.warmup_s,
             "step_time_median_s": statistics.median(self.times),
@@ -457,6 +497,7 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows = [
         ("attention", o["attention"] + (", compiled" if o["compile"] else ", eager"),
          (b["attention"] + ", eager") if b is not None else "", ""),
+        ("optimizer", o["optimizer"], b.get("optimizer", "") if b is not None else "", ""),
         row("step time, median (s)", "step_time_median_s", lambda x: f"{x:.4g}"),
         row("step time, mean (s)", "step_time_mean_s", lambda x: f"{x:.4g}"),
         row("tokens/s", "tokens_per_s", fmt_rate),
@@ -481,7 +522,8 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
     o = r["ours"]
     mfu = f", MFU {100 * o['mfu']:.1f}%" if o["mfu"] is not None else ", MFU n/a (pass --peak-tflops)"
     lines = [f"{r['device']}, torch {r['torch']}: {describe(r)}",
-             f"ours ({o['attention']}{', compiled' if o['compile'] else ''}): {o['tokens_per_s']:,.0f} tokens/s, "
+             f"ours ({o['attention']}{', compiled' if o['compile'] else ''}, {o['optimizer']}): "
+             f"{o['tokens_per_s']:,.0f} tokens/s, "
              f"{o['segments_per_s']:.3g} segments/s, {o['model_tflops']:.3g} TFLOP/s{mfu}"]
     b = r["baseline"]
     if b is not None and "error" in b:

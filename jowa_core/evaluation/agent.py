@@ -27,6 +27,7 @@ from jowa_core.models.tokenizer import Tokenizer
 from jowa_core.models.world_action import WorldActionModel, segment_tokens
 from jowa_core.planning import DEFAULT_REWARD_MODE, check_reward_mode
 from jowa_core.planning.beam import default_history, plan
+from jowa_core.planning.static import FAST_PATHS
 
 __all__ = ["Agent", "AgentSettings", "AgentStats"]
 
@@ -47,12 +48,15 @@ class AgentSettings:
     precision: str = "fp32"  # world-action weights: fp32 | bf16
     max_batch: int = 64  # environments per planner call
     q_dropout: str = "off"  # off (ours, intended) | official: Q-head dropout stays on, as the official code
+    fast_path: str = "off"  # off | static | graph | auto: beam search through planning.static.StaticPlanners
 
     def __post_init__(self) -> None:
         if self.planner not in ("beam", "mcts"):
             raise ValueError(f"planner must be beam or mcts, got {self.planner!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.fast_path not in FAST_PATHS:
+            raise ValueError(f"fast_path must be one of {', '.join(FAST_PATHS)}, got {self.fast_path!r}")
         if self.q_dropout not in ("off", "official"):
             raise ValueError(f"q_dropout must be off or official, got {self.q_dropout!r}")
         if self.gamma is not None and not 0.0 <= float(self.gamma) <= 1.0:

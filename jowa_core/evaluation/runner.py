@@ -31,6 +31,7 @@ from jowa_core.evaluation.metrics import iqm
 from jowa_core.models.tokenizer import fingerprint, load_tokenizer, weights_file
 from jowa_core.models.world_action import load_world_action, official_q_dropout
 from jowa_core.planning.mcts import plan_mcts
+from jowa_core.planning.static import StaticPlanners, resolve_fast_path
 from jowa_core.progress import NullReporter, Reporter
 
 __all__ = ["FORMAT", "evaluate", "sha256_file", "summarize"]
@@ -175,8 +176,12 @@ def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Se
         gamma = float(meta.get("gamma", 0.99)) if agent.gamma is None else float(agent.gamma)
         agent_kw = {"plan": agent.plan, "beam": agent.beam, "horizon": agent.horizon, "history": agent.history,
                     "max_batch": agent.max_batch, "gamma": gamma, "reward_mode": agent.reward_mode}
+        fast_path = "off"
         if agent.planner == "mcts":
             agent_kw["planner"] = plan_mcts
+        elif agent.plan and agent.fast_path != "off":  # padded batches through cached static planners
+            fast_path = resolve_fast_path(agent.fast_path, ctx.device)
+            agent_kw["planner"] = StaticPlanners(cuda_graph=fast_path == "graph")
         date = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         if video_dir is not None:
             Path(video_dir).mkdir(parents=True, exist_ok=True)
@@ -211,6 +216,7 @@ def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Se
                       "epsilon": settings.epsilon, "dtype": _DTYPES[agent.precision][0], "max_batch": agent.max_batch,
                       "seed": int(seed), "planner": agent.planner if agent.plan else "greedy",
                       **({"q_dropout": "official"} if agent.q_dropout == "official" else {}),
+                      **({"fast_path": fast_path} if fast_path != "off" else {}),
                       "env_backend": backend},
             "roms": {g: rom_md5(g) for g in names},
             "episodes_per_game": int(episodes),

@@ -44,14 +44,21 @@ class KVCache:
     def max_tokens(self) -> int:
         return self.k.shape[3]
 
-    def fork(self, index: Tensor) -> KVCache:
-        """A new cache whose row i is a copy of row ``index[i]`` of this one (rows may repeat)."""
-        k = self.k.new_empty((self.k.shape[0], len(index), *self.k.shape[2:]))
-        v = torch.empty_like(k)
+    def fork(self, index: Tensor, out: KVCache | None = None) -> KVCache:
+        """A cache whose row i is a copy of row ``index[i]`` of this one (rows may repeat): a new one, or ``out``
+        (a preallocated cache of ``len(index)`` rows, written in place, its length set; fixed addresses for CUDA
+        graphs)."""
+        if out is None:
+            k = self.k.new_empty((self.k.shape[0], len(index), *self.k.shape[2:]))
+            out = KVCache(k, torch.empty_like(k))
+        elif out.k.shape[1] != len(index) or out.k.shape[2:] != self.k.shape[2:] or out.k.dtype != self.k.dtype:
+            raise ValueError(f"fork into a cache of shape {tuple(out.k.shape)} {out.k.dtype}: expected "
+                             f"{len(index)} rows like {tuple(self.k.shape)} {self.k.dtype}")
         n = self.length
-        k[:, :, :, :n] = self.k[:, index, :, :n]
-        v[:, :, :, :n] = self.v[:, index, :, :n]
-        return KVCache(k, v, n)
+        out.k[:, :, :, :n] = self.k[:, index, :, :n]
+        out.v[:, :, :, :n] = self.v[:, index, :, :n]
+        out.length = n
+        return out
 
     def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store (B, heads, T, head_dim) new keys/values after the first ``length`` tokens of ``layer`` and

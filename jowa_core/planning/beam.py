@@ -17,6 +17,7 @@ loop over nodes or environments. Environments with fewer valid actions than K ca
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -84,44 +85,71 @@ def default_history(max_steps: int, horizon: int) -> int:
     return max(1, int(max_steps) - int(horizon) - 1)
 
 
-@torch.no_grad()
-def plan(model: WorldActionModel, tokens: Tensor, tasks: Tensor, action_mask: Tensor, beam: int = 2,
-         horizon: int = 2, gamma: float = 0.99, record: bool = False,
-         reward_mode: str = DEFAULT_REWARD_MODE) -> PlanResult:
-    """Choose actions for N contexts at once.
-
-    tokens (N, T) int64 with T = 37*g + 36 (g past steps, then the current observation), the same T for every
-    row; tasks (N,) task ids; action_mask (N, A) valid full actions. ``record`` keeps the search tree.
-    ``reward_mode``: how imagined rewards are read (``imagine_step``).
-    """
-    N, T = tokens.shape
+def check_plan_inputs(model: WorldActionModel, tokens: Tensor, action_mask: Tensor, beam: int, horizon: int) -> None:
+    """ValueError unless ``plan`` can run on these (N, T) contexts and (N, A) masks (reads the mask: a host sync)."""
+    T = tokens.shape[1]
     tpo, tps = model.cfg.tokens_per_obs, model.cfg.tokens_per_step
     if T % tps != tpo:
         raise ValueError(f"context of {T} tokens does not end with a full observation (expected 37*g + 36)")
     if not action_mask.any(-1).all():
         raise ValueError("every row needs at least one valid action")
-    greedy = beam <= 1 or horizon <= 0
-    if not greedy and T + tps * horizon > model.cfg.max_tokens:
+    if beam > 1 and horizon > 0 and T + tps * horizon > model.cfg.max_tokens:
         raise ValueError(f"context of {T} tokens + horizon {horizon} exceeds the model's {model.cfg.max_tokens} "
                          f"tokens: use at most {model.cfg.max_steps - horizon} steps of history")
-    dtype = next(model.parameters()).dtype
-    cache = None if greedy else model.new_cache(N, dtype=dtype)
+
+
+def child_rows(envs: int, beam: int, horizon: int, num_actions: int) -> list[int]:
+    """Rows of the children imagined at each depth 1..H (all environments): N * M_d * min(K, A), M_1 = 1,
+    M_{d+1} = min(K, M_d * min(K, A)); the sizes of the caches ``beam_search`` forks into."""
+    kids, m, rows = min(beam, num_actions), 1, []
+    for _ in range(horizon):
+        rows.append(envs * m * kids)
+        m = min(beam, m * kids)
+    return rows
+
+
+@torch.no_grad()
+def plan(model: WorldActionModel, tokens: Tensor, tasks: Tensor, action_mask: Tensor, beam: int = 2,
+         horizon: int = 2, gamma: float = 0.99, record: bool = False,
+         reward_mode: str = DEFAULT_REWARD_MODE, cache: KVCache | None = None,
+         child_caches: Sequence[KVCache] | None = None, check: bool = True) -> PlanResult:
+    """Choose actions for N contexts at once.
+
+    tokens (N, T) int64 with T = 37*g + 36 (g past steps, then the current observation), the same T for every
+    row; tasks (N,) task ids; action_mask (N, A) valid full actions. ``record`` keeps the search tree.
+    ``reward_mode``: how imagined rewards are read (``imagine_step``). ``cache`` (N rows) and ``child_caches``
+    (one per depth, ``child_rows`` rows each): preallocated caches to reuse (reset and written in place) instead
+    of new ones; ``check=False`` skips ``check_plan_inputs`` (no host sync: for CUDA-graph capture).
+    """
+    N = tokens.shape[0]
+    if check:
+        check_plan_inputs(model, tokens, action_mask, beam, horizon)
+    greedy = beam <= 1 or horizon <= 0
+    if greedy:
+        cache = None
+    elif cache is None:
+        cache = model.new_cache(N, dtype=next(model.parameters()).dtype)
+    else:
+        cache.length = 0
     out = model(tokens, tasks, cache=cache, heads=("q",))
     q_root = masked_q(model, out.q_logits, action_mask)  # (N, A)
     if greedy:
         best = q_root.max(-1)
         return PlanResult(best.indices, q_root, best.values)
-    return beam_search(model, cache, q_root, tasks, action_mask, beam, horizon, gamma, record, reward_mode)
+    return beam_search(model, cache, q_root, tasks, action_mask, beam, horizon, gamma, record, reward_mode,
+                       child_caches)
 
 
 def beam_search(model: WorldActionModel, cache: KVCache, q_root: Tensor, tasks: Tensor, action_mask: Tensor,
                 beam: int, horizon: int, gamma: float, record: bool = False,
-                reward_mode: str = DEFAULT_REWARD_MODE) -> PlanResult:
+                reward_mode: str = DEFAULT_REWARD_MODE, child_caches: Sequence[KVCache] | None = None
+                ) -> PlanResult:
     """Beam search from root caches (N rows, ending at the current observation) with root Q̂ (N, A).
 
     Node arrays are (N, M): M kept nodes per environment (1 at the root, then min(K, M*K)). ``tree[d]`` (when
     recorded) holds, for the children at depth d+1 (N, M*K): parent, action, reward, q (A), score, valid,
-    obs tokens (36) and which children were kept (``keep`` indices (N, M')).
+    obs tokens (36) and which children were kept (``keep`` indices (N, M')). ``child_caches[d]``: where depth
+    d+1's children are forked to (in place; see ``plan``); new caches when None.
     """
     N, A = q_root.shape
     K = beam
@@ -139,7 +167,8 @@ def beam_search(model: WorldActionModel, cache: KVCache, q_root: Tensor, tasks: 
         child_action = top.indices.reshape(N, M * K)
         child_ok = (top.values > NEG_INF).reshape(N, M * K) & node_ok.repeat_interleave(K, 1)
         parent = torch.arange(M, device=device).repeat_interleave(K)[None].expand(N, -1)  # (N, M*K)
-        child_cache = cache.fork(node_row.repeat_interleave(K, 1).reshape(-1))
+        child_cache = cache.fork(node_row.repeat_interleave(K, 1).reshape(-1),
+                                 child_caches[depth - 1] if child_caches is not None else None)
         flat_tasks = tasks.repeat_interleave(M * K)
         flat_mask = action_mask.repeat_interleave(M * K, 0)
         reward, obs_tokens, q = imagine_step(model, child_cache, child_action.reshape(-1), flat_tasks, flat_mask,
