@@ -145,11 +145,39 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     keys = [k for k in key.strip().split(".") if k]
     if not keys:
         raise ConfigError(f"override {text!r}: empty key")
+    return keys, parse_value(raw, text)
+
+
+def parse_value(raw: str, text: str = "") -> Any:
+    """An override's value parsed as YAML, except text YAML would silently change: a ``#`` (a comment to YAML)
+    or a ``: `` outside ``{...}`` (a mapping to YAML) keeps the whole text as a string (paths like ``a #1``)."""
+    stripped = raw.strip()
+    if not stripped:
+        return ""
+    if "#" in stripped:
+        return stripped
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.safe_load(raw)
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: cannot parse value: {e}") from None
-    return keys, value
+        if ": " in stripped and not stripped.startswith(("{", "[")):
+            return stripped
+        raise ConfigError(f"override {text or raw!r}: cannot parse value: {e}") from None
+    if isinstance(value, dict) and not stripped.startswith("{"):
+        return stripped
+    return value
+
+
+def set_value(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A copy of ``data`` with the dotted ``key`` set to ``value`` as is (never parsed: paths, names)."""
+    out = _deepcopy(data)
+    keys = [k for k in key.split(".") if k]
+    node = out
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            node[k] = {}
+        node = node[k]
+    node[keys[-1]] = value
+    return out
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -189,10 +217,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Load ``cls`` from a YAML file (or defaults when ``path`` is None) plus dotted overrides."""
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = (),
+                values: Mapping[str, Any] | None = None) -> T:
+    """Load ``cls`` from a YAML file (or defaults when ``path`` is None) plus dotted overrides, then ``values``:
+    dotted keys set verbatim (options such as ``--data``; never spliced into YAML text)."""
     data = read_yaml(path) if path else {}
     data = apply_overrides(data, overrides)
+    for key, value in (values or {}).items():
+        data = set_value(data, key, value)
     try:
         return from_dict(cls, data)
     except ConfigError as e:
