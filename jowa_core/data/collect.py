@@ -165,6 +165,9 @@ def collect_run(
 
     game_dir = Path(out_root) / info.name
     final = game_dir / str(run)
+    if final.exists() and overwrite and not (final / SUMMARY_FILE).is_file():
+        raise ValueError(f"{final} exists but was not written by `jowa collect` (no {SUMMARY_FILE}): --overwrite "
+                         "replaces only finished collect runs; move it away or choose another --out")
     if final.exists() and not overwrite:
         if (final / SUMMARY_FILE).is_file():
             summary = _read_summary(final)

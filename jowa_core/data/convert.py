@@ -48,6 +48,7 @@ from jowa_core.data.stream import (
     find_episodes,
     select_episodes,
 )
+from jowa_core.outputs import refuse_inputs_inside
 from jowa_core.progress import NullReporter, Reporter
 
 SPLITS = ("all", "first20", "last20")
@@ -659,6 +660,10 @@ def _prepare_game(source, name, opts, out_root, reporter, pool, queue) -> dict[s
         warnings.append(msg)
         reporter.log(f"warning: {msg}")
 
+    if final.exists() and opts.overwrite:  # --overwrite replaces only a store prepare-data wrote, never an input
+        refuse_inputs_inside(final, [opts.source], "store")
+        if not (final / "zarr.json").is_file():
+            raise ValueError(f"{final} exists but is not a Zarr store: --overwrite replaces only stores; move it away")
     if final.exists() and not opts.overwrite:
         if jobs_dir.exists():  # killed between publish and cleanup
             shutil.rmtree(jobs_dir)
