@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import zarr
+import zstandard
 from typer.testing import CliRunner
 
 from jowa_cli.main import app
 from jowa_core.config import load_config, parse_override
+from jowa_core.data import store as st
 from jowa_core.data.collect import collect_run
 from jowa_core.data.convert import PrepareOptions, prepare_data
 from jowa_core.interop.official import import_official
@@ -55,3 +59,67 @@ def test_overwrite_never_deletes_inputs(tmp_path: Path) -> None:
         prepare_data(PrepareOptions(source=str(store), out=str(tmp_path / "data"), games=["Pong"], overwrite=True))
     assert (store / "Pong" / "1" / "replay_logs").is_dir() and (foreign / "notes.txt").is_file()
     assert (run_dir / "notes.txt").is_file()
+
+
+def _small_store(path: Path, n: int = 40) -> tuple[Path, np.ndarray]:
+    """A 40-frame store of blocky frames (compressible, like Atari) in shards of 16 frames."""
+    rng = np.random.default_rng(0)
+    obs = (rng.integers(0, 4, (n, 12, 12)).repeat(7, 1).repeat(7, 2) * 60).astype(np.uint8)
+    terminal = np.zeros(n, bool)
+    terminal[-1] = True
+    st.write_store(path, "Pong", obs, rng.integers(0, 6, n), np.zeros(n), terminal, np.array([0]), np.array([n]),
+                   shard_frames=16)
+    return path, obs
+
+
+def _flip(path: Path, rnd: np.random.Generator) -> bytes:
+    """Flip one random bit of the file; returns the original bytes."""
+    data = path.read_bytes()
+    pos = int(rnd.integers(len(data)))
+    flipped = bytearray(data)
+    flipped[pos] ^= 1 << int(rnd.integers(8))
+    path.write_bytes(bytes(flipped))
+    return data
+
+
+def test_bit_flips_in_store_chunks_never_read_silently(tmp_path: Path) -> None:
+    """Every chunk carries a zstd checksum: 300 random bit flips in frame shards and 50 in the action chunk are
+    all errors (StoreError), none a wrong frame or action; zarr-python reads the checksummed store too."""
+    path, obs = _small_store(tmp_path / "Pong.zarr")
+    np.testing.assert_array_equal(zarr.open_group(str(path), mode="r")["obs"][:], obs)
+    shards = sorted(p for p in (path / "obs" / "c").rglob("*") if p.is_file())
+    weights = np.array([p.stat().st_size for p in shards], float)
+    rnd = np.random.default_rng(1)
+    outcome = {"error": 0, "same": 0, "wrong": 0}
+    for _ in range(300):
+        shard = shards[int(rnd.choice(len(shards), p=weights / weights.sum()))]
+        original = _flip(shard, rnd)
+        try:
+            same = np.array_equal(st.FrameReader(path / "obs").read_range(0, len(obs)), obs)
+            outcome["same" if same else "wrong"] += 1
+        except st.StoreError:
+            outcome["error"] += 1
+        shard.write_bytes(original)
+    assert outcome["wrong"] == 0, outcome
+    action = st.open_store(path).action.copy()
+    (chunk,) = [p for p in (path / "action" / "c").rglob("*") if p.is_file()]
+    for _ in range(50):
+        original = _flip(chunk, rnd)
+        try:
+            assert np.array_equal(st.open_store(path).action, action), "a flipped action chunk read silently"
+        except st.StoreError:
+            outcome["error"] += 1
+        chunk.write_bytes(original)
+    assert outcome["error"] >= 340, outcome
+
+
+def test_stores_without_checksums_still_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stores written before chunk checksums (no zstd checksum) open and read as before."""
+    plain = zstandard.ZstdCompressor
+    monkeypatch.setattr(st.zstandard, "ZstdCompressor", lambda level, write_checksum=False: plain(level=level))
+    monkeypatch.setattr(st, "ZstdCodec", lambda level, checksum=False: zarr.codecs.ZstdCodec(level=level))
+    path, obs = _small_store(tmp_path / "Pong.zarr")
+    monkeypatch.undo()
+    reader = st.open_store(path).frames
+    assert not reader.checksummed
+    np.testing.assert_array_equal(reader.read_range(0, len(obs)), obs)
