@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,9 @@ from jowa_core.data import store as st
 from jowa_core.data.collect import collect_run
 from jowa_core.data.convert import PrepareOptions, prepare_data
 from jowa_core.interop.official import import_official
+from jowa_core.outputs import LockError, lock_output, lock_path, release_output
 from jowa_core.train.pretrain import PretrainConfig
+from jowa_core.train.run import prepare_run
 
 
 def test_paths_are_values_not_yaml(tmp_path: Path) -> None:
@@ -123,3 +128,45 @@ def test_stores_without_checksums_still_read(tmp_path: Path, monkeypatch: pytest
     reader = st.open_store(path).frames
     assert not reader.checksummed
     np.testing.assert_array_equal(reader.read_range(0, len(obs)), obs)
+
+
+def _holder(directory: Path) -> subprocess.Popen:
+    """Another process holding the lock on ``directory`` until its stdin closes."""
+    code = ("import sys; from jowa_core.outputs import lock_output; lock_output(sys.argv[1]); print('locked', "
+            "flush=True); sys.stdin.read()")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(directory)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_one_writer_per_run_and_store(tmp_path: Path) -> None:
+    """A second writer of a run directory or a prepare-data --out is refused naming the owner; the lock of a
+    killed owner is taken over."""
+    run, data = tmp_path / "run", tmp_path / "data"
+    holder = _holder(run)
+    try:
+        with pytest.raises(LockError, match=f"another jowa process.*{holder.pid}"):
+            prepare_run(run, resume=True)
+        res = CliRunner().invoke(app, ["pretrain", "--data", str(tmp_path), "--out", str(run), "--resume",
+                                       "--quiet", "train.stage1_steps=1", "train.stage2_steps=0"])
+        assert res.exit_code == 2 and "another jowa process" in res.output, res.output
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lock_path(run).is_file()  # left behind by the killed owner: taken over
+    assert prepare_run(run, resume=False) is None
+    release_output(run)
+    assert not lock_path(run).exists()
+    holder = _holder(data)
+    try:
+        with pytest.raises(LockError, match=str(holder.pid)):
+            (tmp_path / "src" / "Pong" / "1" / "replay_logs").mkdir(parents=True)
+            prepare_data(PrepareOptions(source=str(tmp_path / "src"), out=str(data), games=["Pong"]))
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert lock_output(data) and not lock_output(data)  # re-entrant within a process
+    release_output(data)
+

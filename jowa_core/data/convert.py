@@ -48,7 +48,7 @@ from jowa_core.data.stream import (
     find_episodes,
     select_episodes,
 )
-from jowa_core.outputs import refuse_inputs_inside
+from jowa_core.outputs import lock_output, refuse_inputs_inside, release_output
 from jowa_core.progress import NullReporter, Reporter
 
 SPLITS = ("all", "first20", "last20")
@@ -631,6 +631,7 @@ def prepare_data(opts: PrepareOptions, reporter: Reporter | None = None) -> list
                 )
             raise SourceError(f"{e}{hint}") from None
     out_root.mkdir(parents=True, exist_ok=True)
+    locked = lock_output(out_root)  # one prepare-data per --out: a second one is refused
     summaries = []
     pool = None
     try:
@@ -647,6 +648,8 @@ def prepare_data(opts: PrepareOptions, reporter: Reporter | None = None) -> list
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        if locked:
+            release_output(out_root)
     return summaries
 
 
