@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 import zstandard
 from typer.testing import CliRunner
@@ -22,6 +23,7 @@ from jowa_core.interop.official import import_official
 from jowa_core.outputs import LockError, lock_output, lock_path, release_output
 from jowa_core.train.pretrain import PretrainConfig
 from jowa_core.train.run import prepare_run
+from jowa_core.train.step import NonFiniteError, optimizer_step
 
 
 def test_paths_are_values_not_yaml(tmp_path: Path) -> None:
@@ -170,3 +172,17 @@ def test_one_writer_per_run_and_store(tmp_path: Path) -> None:
     assert lock_output(data) and not lock_output(data)  # re-entrant within a process
     release_output(data)
 
+
+def test_non_finite_loss_stops_training_before_the_step() -> None:
+    """A NaN loss (e.g. from NaN rewards) or an infinite gradient raises before the optimiser touches the weights;
+    every trainer (pretrain, finetune, train-tokenizer) steps through optimizer_step, so nothing NaN is saved."""
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    x = torch.ones(4, 3)
+    optimizer_step(opt, model(x).pow(2).mean(), model.parameters(), 1.0)  # a good step
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for bad in (model(x).mean() * float("nan"), model(x).mean() * float("inf")):
+        with pytest.raises(NonFiniteError, match="non-finite training loss"):
+            optimizer_step(opt, bad, model.parameters(), 1.0)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]) and torch.isfinite(v).all()
