@@ -85,3 +85,18 @@ def release_output(directory: str | Path) -> None:
         lock_path(directory).unlink(missing_ok=True)
     finally:
         os.close(fd)
+
+
+def check_writable(path: str | Path | None, option: str = "--out") -> None:
+    """Raise ValueError unless a file can be written at ``path`` (a new file in a writable folder, or a writable
+    file): checked before long work so its result is never lost at the end. None, '' and '-' (stdout) pass."""
+    if not path or str(path) == "-":
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a directory; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"{option} {path}: folder {parent} does not exist")
+    if (path.exists() and not os.access(path, os.W_OK)) or (not path.exists() and not os.access(parent, os.W_OK)):
+        raise ValueError(f"{option} {path} is not writable")
