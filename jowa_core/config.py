@@ -12,6 +12,7 @@ dataclass's ``PRESETS`` class attribute, and the other keys of the mapping overr
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -73,11 +74,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # no setting means NaN or infinity; it would train or plan nonsense
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool):
@@ -114,7 +117,22 @@ def _build(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     if unknown:
         raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; known: {sorted(fields)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in merged.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # check_bounds in __post_init__: name the full key
+        raise ConfigError(f"{where}.{e}" if where else str(e)) from None
+
+
+def check_bounds(cfg: Any) -> None:
+    """Check a config's numbers against its ``BOUNDS`` class attribute, ``{field: (low, high)}`` inclusive (None:
+    open); called from ``__post_init__`` so a bad value fails before any work, naming the key."""
+    for name, (low, high) in getattr(cfg, "BOUNDS", {}).items():
+        value = getattr(cfg, name)
+        if value is None or isinstance(value, bool):
+            continue
+        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+            want = f">= {low}" if high is None else f"<= {high}" if low is None else f"in [{low}, {high}]"
+            raise ConfigError(f"{name}: must be {want}, got {value!r}")
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any] | None) -> T:

@@ -15,12 +15,15 @@ import zstandard
 from typer.testing import CliRunner
 
 from jowa_cli.main import app
-from jowa_core.config import load_config, parse_override
+from jowa_core.config import ConfigError, load_config, parse_override
 from jowa_core.data import store as st
 from jowa_core.data.collect import collect_run
 from jowa_core.data.convert import PrepareOptions, prepare_data
+from jowa_core.evaluation.agent import AgentSettings
+from jowa_core.evaluation.report import load_results
 from jowa_core.interop.official import import_official
 from jowa_core.outputs import LockError, lock_output, lock_path, release_output
+from jowa_core.train.finetune import FinetuneConfig
 from jowa_core.train.pretrain import PretrainConfig
 from jowa_core.train.run import prepare_run
 from jowa_core.train.step import NonFiniteError, optimizer_step
@@ -186,3 +189,56 @@ def test_non_finite_loss_stops_training_before_the_step() -> None:
             optimizer_step(opt, bad, model.parameters(), 1.0)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]) and torch.isfinite(v).all()
+
+
+@pytest.mark.parametrize("override", ["train.lr_q=-1", "train.stage1_steps=-5", "train.log_every=0", "train.gamma=nan",
+                                      "train.lr_world_stage1=.inf", "train.grad_clip=-1", "model.attn_pdrop=nan"])
+def test_nonsense_settings_fail_before_work(override: str) -> None:
+    """NaN, infinite, negative and out-of-range settings are config errors naming the key."""
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(PretrainConfig, None, [override])
+
+
+def test_nonsense_options_and_scores_fail_before_work(tmp_path: Path) -> None:
+    """Options and inputs checked up front: finetune bounds, evaluate's beam, NaN scores in report, prepare-data's
+    --subsample and --workers."""
+    with pytest.raises(ConfigError, match="log_every"):
+        load_config(FinetuneConfig, None, ["log_every=0"])
+    for beam in (0, 50):
+        with pytest.raises(ValueError, match="beam"):
+            AgentSettings(beam=beam)
+    scores = tmp_path / "scores.json"
+    scores.write_text('{"format": "jowa-eval", "games": {"Pong": {"raw_scores": [1.0, NaN]}}}')
+    with pytest.raises(ValueError, match="NaN"):
+        load_results([scores])
+    csv = tmp_path / "scores.csv"
+    csv.write_text("method,game,score\nours,Pong,nan\n")
+    with pytest.raises(ValueError, match="finite"):
+        load_results([csv])
+    for option in (["--subsample", "2"], ["--subsample", "nan"], ["--workers", "0"]):
+        res = CliRunner().invoke(app, ["prepare-data", "--source", str(tmp_path), "--games", "Pong",
+                                       "--out", str(tmp_path / "out"), *option])
+        assert res.exit_code == 2 and option[0] in res.output, res.output
+
+
+def test_outputs_checked_writable_before_long_work(tmp_path: Path) -> None:
+    """evaluate --out DIR, collect --json DIR and prepare-data --json DIR fail before any episode or file is
+    processed (the inputs here do not even exist: the output is checked first)."""
+    folder = tmp_path / "a folder"
+    folder.mkdir()
+    runs = [
+        ["evaluate", "--ckpt", str(tmp_path / "none"), "--tokenizer", str(tmp_path / "none"), "--games", "Pong",
+         "--out", str(folder)],
+        ["collect", "--games", "Pong", "--runs", "1", "--steps", "100000", "--out", str(tmp_path / "raw"),
+         "--json", str(folder)],
+        ["prepare-data", "--source", str(tmp_path / "none"), "--games", "Pong", "--out", str(tmp_path / "out"),
+         "--json", str(folder)],
+        ["evaluate", "--ckpt", str(tmp_path / "none"), "--tokenizer", str(tmp_path / "none"), "--games", "Pong",
+         "--json", str(tmp_path / "missing" / "x.json")],
+    ]
+    for args in runs:
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2 and ("is a directory" in res.output or "does not exist" in res.output), res.output
+        assert str(tmp_path / "none") not in res.output, res.output
+    assert not (tmp_path / "raw").exists()

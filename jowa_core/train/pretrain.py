@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from jowa_core import checkpoint as ckpt
 from jowa_core import devices
 from jowa_core import dist as jdist
-from jowa_core.config import from_dict, save_yaml, to_dict
+from jowa_core.config import check_bounds, from_dict, save_yaml, to_dict
 from jowa_core.constants import CHECKPOINTS_DIR, CONFIG_FILE, FINAL_DIR, OBS_TOKENS, OPTIMIZER_FILE, STATE_FILE
 from jowa_core.data.segments import make_loader
 from jowa_core.games import resolve as resolve_games
@@ -87,6 +87,18 @@ class TrainConfig:
     tensorboard: bool = True
     wandb: bool = False
     wandb_project: str = "jowa"
+
+    BOUNDS: ClassVar[dict[str, tuple[float | None, float | None]]] = {
+        "batch_size": (1, None), "stage1_steps": (0, None), "stage2_steps": (0, None),
+        "lr_world_stage1": (0, None), "lr_world_stage2": (0, None), "lr_q": (0, None), "lr_final_ratio": (0, 1),
+        "weight_decay": (0, None), "grad_clip": (0, None), "gamma": (0, 1), "world_weight_stage2": (0, None),
+        "cql_alpha": (0, None), "target_update_every": (1, None), "tokenizer_lr": (0, None),
+        "tokenizer_batch_size": (1, None), "log_every": (1, None), "save_every": (1, None),
+        "keep_checkpoints": (0, None), "stop_after": (1, None),
+    }
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
 
 
 @dataclass
