@@ -242,3 +242,25 @@ def test_outputs_checked_writable_before_long_work(tmp_path: Path) -> None:
         assert res.exit_code == 2 and ("is a directory" in res.output or "does not exist" in res.output), res.output
         assert str(tmp_path / "none") not in res.output, res.output
     assert not (tmp_path / "raw").exists()
+
+
+@pytest.mark.parametrize("breaker", ["shifted_episodes", "action_99", "nan_reward", "stray_terminal"])
+def test_store_internals_cross_checked_on_open(tmp_path: Path, breaker: str) -> None:
+    """Shifted episode bounds (same sums), actions outside the 18-action space, NaN rewards and a terminal in
+    mid-episode are StoreErrors on open, not silently trained on."""
+    n = 12
+    obs = np.zeros((n, 84, 84), np.uint8)
+    action, reward, terminal = np.zeros(n, np.int16), np.zeros(n, np.float32), np.zeros(n, bool)
+    starts, lengths = np.array([0, 5]), np.array([5, 7])
+    terminal[[4, 11]] = True
+    if breaker == "shifted_episodes":
+        starts = np.array([1, 6])
+    elif breaker == "action_99":
+        action[3] = 99
+    elif breaker == "nan_reward":
+        reward[2] = np.nan
+    else:
+        terminal[2] = True
+    path = st.write_store(tmp_path / "Pong.zarr", "Pong", obs, action, reward, terminal, starts, lengths)
+    with pytest.raises(st.StoreError, match="episode 0 starts|action 99|not finite|terminal set on row 2"):
+        st.open_store(path)

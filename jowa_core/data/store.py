@@ -33,7 +33,7 @@ import zstandard
 from zarr.codecs import ZstdCodec
 
 from jowa_core import games
-from jowa_core.constants import FRAME_BYTES, FRAME_SHAPE
+from jowa_core.constants import FRAME_BYTES, FRAME_SHAPE, NUM_FULL_ACTIONS
 
 FORMAT_VERSION = 1
 OBS_CHUNK_FRAMES = 4  # a random 8-step segment touches 2-3 chunks: little decoded in vain
@@ -277,7 +277,35 @@ def open_store(path: str | os.PathLike) -> GameStore:
     starts, lengths = arrays["episode_start"], arrays["episode_length"]
     if starts.shape != lengths.shape or (lengths.size and int(lengths.sum()) != n):
         raise StoreError(f"{path}: episode_start/episode_length do not cover the {n} steps")
+    check_consistency(path, arrays)
     return GameStore(path=path, attrs=attrs, frames=FrameReader(path / "obs"), **arrays)
+
+
+def check_consistency(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Cross-check the small arrays (raises StoreError): episodes contiguous from row 0 with positive lengths,
+    terminal only on an episode's last step, actions in the full action space, rewards finite."""
+    starts, lengths = arrays["episode_start"], arrays["episode_length"]
+    if lengths.size:
+        expected = np.concatenate([[0], np.cumsum(lengths[:-1])])
+        bad = np.flatnonzero((starts != expected) | (lengths < 1))
+        if bad.size:
+            e = int(bad[0])
+            raise StoreError(f"{path}: episode {e} starts at row {int(starts[e])} with length {int(lengths[e])}; "
+                             f"episodes must be contiguous from row 0 (expected start {int(expected[e])}, length >= 1)")
+        last = np.zeros(arrays["terminal"].shape, bool)
+        last[starts + lengths - 1] = True
+        stray = np.flatnonzero(arrays["terminal"] & ~last)
+        if stray.size:
+            raise StoreError(f"{path}: terminal set on row {int(stray[0])}, which is not an episode's last step")
+    action = arrays["action"]
+    wrong = np.flatnonzero((action < 0) | (action >= NUM_FULL_ACTIONS))
+    if wrong.size:
+        raise StoreError(f"{path}: action {int(action[wrong[0]])} on row {int(wrong[0])} is outside the "
+                         f"{NUM_FULL_ACTIONS}-action ALE space ({wrong.size} rows)")
+    nonfinite = np.flatnonzero(~np.isfinite(arrays["reward"]))
+    if nonfinite.size:
+        raise StoreError(f"{path}: reward {arrays['reward'][nonfinite[0]]} on row {int(nonfinite[0])} is not finite "
+                         f"({nonfinite.size} rows)")
 
 
 class FrameReader:
