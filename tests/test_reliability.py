@@ -264,3 +264,41 @@ def test_store_internals_cross_checked_on_open(tmp_path: Path, breaker: str) -> 
     path = st.write_store(tmp_path / "Pong.zarr", "Pong", obs, action, reward, terminal, starts, lengths)
     with pytest.raises(st.StoreError, match="episode 0 starts|action 99|not finite|terminal set on row 2"):
         st.open_store(path)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its reaper counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+@pytest.mark.parametrize("module", ["jowa_core.data.collect", "jowa_core.data.convert"])
+def test_workers_die_with_their_parent(module: str) -> None:
+    """After kill -9 of the parent, busy --workers processes of collect and prepare-data exit too (their pool
+    initializer arms the parent-death signal)."""
+    code = (f"import os, sys; from concurrent.futures import ProcessPoolExecutor; import multiprocessing as mp; "
+            f"from {module} import _init_worker\n"
+            "if __name__ == '__main__':\n"
+            "    ex = ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=_init_worker, "
+            "initargs=(None, os.getpid()))\n"
+            "    ex.submit(__import__('subprocess').run, ['sh', '-c', 'echo $PPID $$; exec sleep 600'])\n"
+            "    sys.stdin.read()\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    parent = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env=env)
+    worker, busy = map(int, parent.stdout.readline().split())  # the worker is busy running `sleep`
+    try:
+        assert _alive(worker)
+        parent.kill()
+        parent.wait()
+        for _ in range(600):  # the kernel signals at once; poll generously on a loaded machine
+            if not _alive(worker):
+                break
+            subprocess.run(["sleep", "0.1"], check=True)
+        assert not _alive(worker)
+    finally:
+        os.kill(busy, 9)

@@ -33,6 +33,7 @@ from jowa_core.constants import jowa_version
 from jowa_core.data.dopamine_writer import STACK_SIZE, LoggedReplayWriter
 from jowa_core.envs import make_env
 from jowa_core.envs.atari import AtariSettings
+from jowa_core.procs import die_with_parent
 
 __all__ = ["POLICIES", "CollectError", "Policy", "RandomPolicy", "collect", "collect_run", "make_policy"]
 
@@ -329,7 +330,9 @@ class _QueueReporter:
         self.flush()
 
 
-def _init_worker(q) -> None:
+def _init_worker(q, parent_pid: int) -> None:
+    """Worker set-up: the progress queue; the worker dies with the parent (even on kill -9)."""
+    die_with_parent(parent_pid)
     global _QUEUE
     _QUEUE = q
 
@@ -419,7 +422,8 @@ def collect(
     results: dict[tuple[str, int], dict[str, Any]] = {}
     errors: dict[tuple[str, int], BaseException] = {}
     with ProcessPoolExecutor(
-        max_workers=min(int(workers), len(pairs)), mp_context=ctx, initializer=_init_worker, initargs=(q,)
+        max_workers=min(int(workers), len(pairs)), mp_context=ctx, initializer=_init_worker,
+        initargs=(q, os.getpid()),
     ) as ex:
         futures: dict[Future, tuple[str, int]] = {
             ex.submit(_worker, {"game": g, "run": r, **common}): (g, r) for g, r in pairs

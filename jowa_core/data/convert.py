@@ -49,6 +49,7 @@ from jowa_core.data.stream import (
     select_episodes,
 )
 from jowa_core.outputs import lock_output, refuse_inputs_inside, release_output
+from jowa_core.procs import die_with_parent
 from jowa_core.progress import NullReporter, Reporter
 
 SPLITS = ("all", "first20", "last20")
@@ -518,7 +519,9 @@ def jobs_path(root: Path, game: str) -> Path:
 _progress_queue = None
 
 
-def _init_worker(queue) -> None:
+def _init_worker(queue, parent_pid: int) -> None:
+    """Worker set-up: the progress queue; the worker dies with the parent (even on kill -9)."""
+    die_with_parent(parent_pid)
     global _progress_queue
     _progress_queue = queue
 
@@ -640,7 +643,8 @@ def prepare_data(opts: PrepareOptions, reporter: Reporter | None = None) -> list
 
             ctx = mp.get_context("spawn")
             queue = ctx.Queue()
-            pool = ProcessPoolExecutor(opts.workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,))
+            pool = ProcessPoolExecutor(opts.workers, mp_context=ctx, initializer=_init_worker,
+                                       initargs=(queue, os.getpid()))
         else:
             queue = None
         for name in names:
