@@ -12,10 +12,12 @@ import pytest
 import torch
 import zarr
 import zstandard
+from dopamine_emulator import write_run
 from typer.testing import CliRunner
 
 from jowa_cli.main import app
 from jowa_core.config import ConfigError, load_config, parse_override
+from jowa_core.data import convert
 from jowa_core.data import store as st
 from jowa_core.data.collect import collect_run
 from jowa_core.data.convert import PrepareOptions, prepare_data
@@ -302,3 +304,26 @@ def test_workers_die_with_their_parent(module: str) -> None:
         assert not _alive(worker)
     finally:
         os.kill(busy, 9)
+
+
+def test_prepare_data_retry_leaves_no_temp_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Temporary files of writers killed mid-write are removed when the run is resumed: the published store and
+    --out hold no temporary files."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    write_run(src / "Pong" / "1" / "replay_logs", [50, 120, 80] * 3, 400, seed=9)
+    merge = convert._merge_shared
+
+    def killed(plan, partial, jobs_dir, shard_frames):  # a writer killed mid-write, then the run interrupted
+        (partial / "obs" / "c" / "0" / "0").mkdir(parents=True, exist_ok=True)
+        (partial / "obs" / "c" / "0" / "0" / ".0.tmp99999").write_bytes(b"torn")
+        (jobs_dir / ".0.job.tmp99999.npz").write_bytes(b"torn")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(convert, "_merge_shared", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_data(PrepareOptions(source=str(src), out=str(out), games=["Pong"], shard_frames=8))
+    monkeypatch.setattr(convert, "_merge_shared", merge)
+    (summary,) = prepare_data(PrepareOptions(source=str(src), out=str(out), games=["Pong"], shard_frames=8))
+    assert summary["status"] == "resumed"
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    st.open_store(out / "Pong.zarr").frames.read_range(0, 10)

@@ -705,6 +705,7 @@ def _prepare_game(source, name, opts, out_root, reporter, pool, queue) -> dict[s
     todo = [j for j in plan.jobs if j.job_id not in done]
     if resumed:
         reporter.log(f"{name}: resuming; {len(done)} of {len(plan.jobs)} files already converted")
+        _remove_temp_files(partial, jobs_dir)
     t0 = time.time()
     raw_total = 0
     try:
@@ -719,6 +720,7 @@ def _prepare_game(source, name, opts, out_root, reporter, pool, queue) -> dict[s
     plan.provenance["fingerprint"] = plan.fingerprint
     plan.provenance["jowa_version"] = jowa_version()
     st.write_attrs_json(partial, {"provenance": plan.provenance})
+    _remove_temp_files(partial, jobs_dir)  # a store holds only its own files
     st.publish(partial, final)
     shutil.rmtree(jobs_dir, ignore_errors=True)
     mbps = raw_total / max(elapsed, 1e-9) / 1e6
@@ -786,6 +788,13 @@ def _resume_ok(jobs_dir: Path, partial: Path, fingerprint: str) -> bool:
         return json.loads(plan_file.read_text()).get("fingerprint") == fingerprint
     except (OSError, ValueError):
         return False
+
+
+def _remove_temp_files(partial: Path, jobs_dir: Path) -> None:
+    """Delete temporary files of writers killed mid-write (an interrupted run's, or a crashed worker's): no other
+    process writes here (the --out lock), so every temporary file is stale."""
+    for p in [*partial.glob("obs/c/*/0/.0.tmp*"), *jobs_dir.rglob(".*.tmp*.npz")]:
+        p.unlink(missing_ok=True)
 
 
 def _discard(partial: Path, jobs_dir: Path) -> None:
