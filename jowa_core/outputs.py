@@ -88,15 +88,22 @@ def release_output(directory: str | Path) -> None:
 
 
 def check_writable(path: str | Path | None, option: str = "--out") -> None:
-    """Raise ValueError unless a file can be written at ``path`` (a new file in a writable folder, or a writable
-    file): checked before long work so its result is never lost at the end. None, '' and '-' (stdout) pass."""
+    """Raise ValueError unless a file can be written at ``path``: not a directory, and its nearest existing
+    ancestor a writable folder (missing folders are created by the writer). Checked before long work so its
+    result is never lost at the end. None, '' and '-' (stdout) pass."""
     if not path or str(path) == "-":
         return
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{option} {path} is a directory; give a file name")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ValueError(f"{option} {path}: folder {parent} does not exist")
-    if (path.exists() and not os.access(path, os.W_OK)) or (not path.exists() and not os.access(parent, os.W_OK)):
-        raise ValueError(f"{option} {path} is not writable")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"{option} {path} is not writable")
+        return
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{option} {path}: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK):
+        raise ValueError(f"{option} {path}: folder {ancestor} is not writable")

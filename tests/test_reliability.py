@@ -237,11 +237,12 @@ def test_outputs_checked_writable_before_long_work(tmp_path: Path) -> None:
         ["prepare-data", "--source", str(tmp_path / "none"), "--games", "Pong", "--out", str(tmp_path / "out"),
          "--json", str(folder)],
         ["evaluate", "--ckpt", str(tmp_path / "none"), "--tokenizer", str(tmp_path / "none"), "--games", "Pong",
-         "--json", str(tmp_path / "missing" / "x.json")],
+         "--json", str(folder / "notes.txt" / "x.json")],
     ]
+    (folder / "notes.txt").write_text("a file, not a folder")
     for args in runs:
         res = CliRunner().invoke(app, args)
-        assert res.exit_code == 2 and ("is a directory" in res.output or "does not exist" in res.output), res.output
+        assert res.exit_code == 2 and ("is a directory" in res.output or "not a folder" in res.output), res.output
         assert str(tmp_path / "none") not in res.output, res.output
     assert not (tmp_path / "raw").exists()
 

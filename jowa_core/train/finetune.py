@@ -68,7 +68,7 @@ class FinetuneConfig:
         "stride": (1, None), "eval_every": (0, None), "eval_episodes": (0, None), "eval_max_frames": (1, None),
         "eval_beam": (1, None), "eval_horizon": (1, None), "tokenizer_lr": (0, None),
         "tokenizer_batch_size": (1, None), "num_workers": (0, None), "log_every": (1, None),
-        "save_every": (1, None), "keep_checkpoints": (0, None), "stop_after": (1, None),
+        "save_every": (0, None), "keep_checkpoints": (0, None), "stop_after": (1, None),
     }
 
     def __post_init__(self) -> None:
