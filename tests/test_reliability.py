@@ -16,6 +16,7 @@ from dopamine_emulator import write_run
 from typer.testing import CliRunner
 
 from jowa_cli.main import app
+from jowa_core import checkpoint as ckpt
 from jowa_core.config import ConfigError, load_config, parse_override
 from jowa_core.data import convert
 from jowa_core.data import store as st
@@ -24,6 +25,7 @@ from jowa_core.data.convert import PrepareOptions, prepare_data
 from jowa_core.evaluation.agent import AgentSettings
 from jowa_core.evaluation.report import load_results
 from jowa_core.interop.official import import_official
+from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, load_world_action, save_world_action
 from jowa_core.outputs import LockError, lock_output, lock_path, release_output
 from jowa_core.train.finetune import FinetuneConfig
 from jowa_core.train.pretrain import PretrainConfig
@@ -328,3 +330,34 @@ def test_prepare_data_retry_leaves_no_temp_files(tmp_path: Path, monkeypatch: py
     assert summary["status"] == "resumed"
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
     st.open_store(out / "Pong.zarr").frames.read_range(0, 10)
+
+
+@pytest.mark.parametrize("config", [{"max_steps": 0}, {"embed_dim": 1 << 20}, {"num_heads": 3}, None, "text"])
+def test_odd_checkpoint_json_is_a_one_line_error(tmp_path: Path, config: object) -> None:
+    """checkpoint.json with max_steps=0, a huge embed_dim (caught from the shapes, nothing allocated), heads that
+    do not divide the width, or no config: a CheckpointError naming the checkpoint, not a traceback."""
+    path = tmp_path / "model"
+    save_world_action(WorldActionModel(WorldActionConfig()), str(path))
+    meta = ckpt.read_json(path / ckpt.META)
+    if isinstance(config, dict):
+        meta["config"].update(config)
+    else:
+        meta["config"] = config
+    ckpt.write_json_atomic(path / ckpt.META, meta)
+    with pytest.raises(ckpt.CheckpointError, match=str(path)):
+        load_world_action(str(path))
+
+
+def test_corrupt_optimizer_state_is_a_one_line_error(tmp_path: Path) -> None:
+    """A truncated optimizer.pt, or one of another model, on --resume: CheckpointError naming the file."""
+    opt = torch.optim.Adam(torch.nn.Linear(3, 2).parameters())
+    good = tmp_path / "optimizer.pt"
+    torch.save(opt.state_dict(), good)
+    ckpt.load_optimizer_state(opt, good)
+    other = tmp_path / "other.pt"
+    torch.save(torch.optim.Adam([*torch.nn.Linear(3, 2).parameters(), torch.zeros(1)]).state_dict(), other)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:100])
+    for bad in (truncated, other, tmp_path / "missing.pt"):
+        with pytest.raises(ckpt.CheckpointError, match=bad.name):
+            ckpt.load_optimizer_state(opt, bad)

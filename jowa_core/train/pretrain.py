@@ -226,7 +226,7 @@ def load_checkpoint(path: Path, model: WorldActionModel, opt: torch.optim.Optimi
                     ctx: jdist.DistContext) -> dict[str, Any]:
     meta, tensors = ckpt.load_model(path, "world_action")
     model.load_state_dict(tensors)
-    opt.load_state_dict(torch.load(path / OPTIMIZER_FILE, map_location=ctx.device, weights_only=True))
+    ckpt.load_optimizer_state(opt, path / OPTIMIZER_FILE, ctx.device)
     state = ckpt.read_json(path / STATE_FILE)
     if state.get("world_size", 1) != ctx.world_size:
         raise ValueError(f"{path} was written by {state.get('world_size')} processes; resume with the same number "
@@ -276,8 +276,7 @@ class JointTokenizer:
 
     def load(self, directory: Path) -> None:
         self.tok.load_state_dict(ckpt.load_tensors(directory / "tokenizer.safetensors", self.ctx.device))
-        self.opt.load_state_dict(torch.load(directory / "tokenizer_optimizer.pt", map_location=self.ctx.device,
-                                            weights_only=True))
+        ckpt.load_optimizer_state(self.opt, directory / "tokenizer_optimizer.pt", self.ctx.device)
 
 
 # --------------------------------------------------------------------------------------------------------
