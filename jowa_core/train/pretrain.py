@@ -338,7 +338,10 @@ def _open_data(cfg: PretrainConfig, ctx: jdist.DistContext) -> tuple[Any, nn.Mod
     if vocab is not None and vocab != cfg.model.obs_vocab:
         raise ValueError(f"the observation tokens come from a tokenizer with vocab {vocab}, but model.obs_vocab is "
                          f"{cfg.model.obs_vocab}; set model.obs_vocab={vocab}")
-
+    task_ids = loader.dataset.task_id
+    if task_ids.size and (int(task_ids.min()) < 0 or int(task_ids.max()) >= cfg.model.max_tasks):
+        raise ValueError(f"the stores' task ids {sorted(set(task_ids.tolist()))} do not fit model.max_tasks="
+                         f"{cfg.model.max_tasks} (ids 0..{cfg.model.max_tasks - 1})")
     return loader, tokenizer
 
 
