@@ -20,8 +20,9 @@ from jowa_core import checkpoint as ckpt
 from jowa_core.config import ConfigError, load_config, parse_override
 from jowa_core.data import convert
 from jowa_core.data import store as st
-from jowa_core.data.collect import collect_run
+from jowa_core.data.collect import collect, collect_run
 from jowa_core.data.convert import PrepareOptions, prepare_data
+from jowa_core.data.segments import load_obs_tokens
 from jowa_core.evaluation.agent import AgentSettings
 from jowa_core.evaluation.report import load_results
 from jowa_core.interop.official import import_official
@@ -151,8 +152,8 @@ def _holder(directory: Path) -> subprocess.Popen:
 
 
 def test_one_writer_per_run_and_store(tmp_path: Path) -> None:
-    """A second writer of a run directory or a prepare-data --out is refused naming the owner; the lock of a
-    killed owner is taken over."""
+    """A second writer of a run directory or a prepare-data / collect --out is refused naming the owner; the lock
+    of a killed owner is taken over."""
     run, data = tmp_path / "run", tmp_path / "data"
     holder = _holder(run)
     try:
@@ -173,6 +174,8 @@ def test_one_writer_per_run_and_store(tmp_path: Path) -> None:
         with pytest.raises(LockError, match=str(holder.pid)):
             (tmp_path / "src" / "Pong" / "1" / "replay_logs").mkdir(parents=True)
             prepare_data(PrepareOptions(source=str(tmp_path / "src"), out=str(data), games=["Pong"]))
+        with pytest.raises(LockError, match=str(holder.pid)):
+            collect(["Pong"], [1], data, num_steps=10, capacity=10)
     finally:
         holder.stdin.close()
         holder.wait()
@@ -361,3 +364,18 @@ def test_corrupt_optimizer_state_is_a_one_line_error(tmp_path: Path) -> None:
     for bad in (truncated, other, tmp_path / "missing.pt"):
         with pytest.raises(ckpt.CheckpointError, match=bad.name):
             ckpt.load_optimizer_state(opt, bad)
+
+
+def test_out_of_range_tokens_are_refused(tmp_path: Path) -> None:
+    """obs_tokens outside the recording tokenizer's vocabulary (the embedding would clamp them) are a StoreError."""
+    path, obs = _small_store(tmp_path / "Pong.zarr")
+    tokens = np.zeros((len(obs), 36), np.int16)
+    tokens[5, 7] = 512
+    arr = zarr.open_group(str(path), mode="r+", zarr_format=3).create_array(
+        "obs_tokens", shape=tokens.shape, dtype="int16", chunks=(4096, 36))
+    arr[:] = tokens
+    arr.attrs["tokenizer_config"] = {"vocab_size": 512}
+    with pytest.raises(st.StoreError, match="outside the tokenizer's vocabulary"):
+        load_obs_tokens(st.open_store(path))
+    arr.attrs["tokenizer_config"] = {"vocab_size": 1024}
+    assert load_obs_tokens(st.open_store(path))[5, 7] == 512

@@ -33,6 +33,7 @@ from jowa_core.constants import jowa_version
 from jowa_core.data.dopamine_writer import STACK_SIZE, LoggedReplayWriter
 from jowa_core.envs import make_env
 from jowa_core.envs.atari import AtariSettings
+from jowa_core.outputs import lock_output, release_output
 from jowa_core.procs import die_with_parent
 
 __all__ = ["POLICIES", "CollectError", "Policy", "RandomPolicy", "collect", "collect_run", "make_policy"]
@@ -395,6 +396,17 @@ def collect(
         settings=settings, compresslevel=compresslevel, overwrite=overwrite,
     )
     pairs = [(g, r) for g in names for r in run_list]
+    locked = lock_output(out_root)  # one collect per --out: a second one is refused
+    try:
+        return _collect_pairs(pairs, common, workers, reporter)
+    finally:
+        if locked:
+            release_output(out_root)
+
+
+def _collect_pairs(pairs: list[tuple[str, int]], common: dict[str, Any], workers: int,
+                   reporter) -> list[dict[str, Any]]:
+    """Collect ``pairs`` in this process or ``workers`` spawned ones (see ``collect``)."""
     if workers <= 1 or len(pairs) <= 1:
         return [collect_run(g, run=r, reporter=reporter, **common) for g, r in pairs]
 
