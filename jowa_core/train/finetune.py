@@ -555,8 +555,8 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
                          synthetic=syn_batches.position if syn_batches is not None else [0, 0], log_sums=sums,
                          log_n=n_sum, evals=evals, best=best, elapsed_s=time.perf_counter() - t0)
             save_checkpoint(out, model, opt, state, run_cfg, ctx, joint_tok, keep=cfg.keep_checkpoints, gamma=cfg.gamma)
-    log.close()
     if step < total:
+        log.close()  # releases the run's lock
         reporter.log(f"stopped at step {step} of {total}: continue with --resume")
         return {"out": str(out), "step": step, "finished": False, "param_fingerprint": param_fingerprint(model)}
     final_stage = 2 if cfg.stage2_steps else 1
@@ -572,6 +572,7 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
                "trainable_parameters": model.num_trainable_parameters(),
                "param_fingerprint": param_fingerprint(model), "config": to_dict(cfg)}
     ckpt.write_json_atomic(out / SUMMARY_FILE, summary)
+    log.close()  # the run's last write is done: its lock is released
     return summary
 
 

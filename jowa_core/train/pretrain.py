@@ -457,10 +457,10 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
                 break
         else:
             state.update(epoch=state["epoch"] + 1, batch_in_epoch=0)
-    log.close()
     if ctx.is_main and step >= total_steps:
         _write_final(out, cfg, model, state, dataset, tokenizer if joint_tok is not None else None)
         reporter.log(f"final model: {out / FINAL_DIR} (training checkpoint {ckpt.latest_checkpoint(out)})")
+    log.close()  # the run's last write is done: its lock is released
     return {"out": str(out), "step": step, "finished": step >= total_steps, "stage": state["stage"],
             "games": dataset.games, "world_size": ctx.world_size,
             "trainable_parameters": model.num_trainable_parameters(), "param_fingerprint": param_fingerprint(model)}
