@@ -78,10 +78,13 @@ def collect(
     from jowa_core.data.collect import collect as collect_runs
     from jowa_core.data.collect import write_scores_csv
     from jowa_core.envs.atari import AtariSettings
+    from jowa_core.outputs import check_writable
     from jowa_core.progress import make_reporter
 
     names = game_registry.resolve(games)
     run_list = parse_runs(runs)
+    check_writable(json_out, "--json")  # before the runs are collected, not after
+    check_writable(scores_csv, "--scores-csv")
     settings = AtariSettings(sticky_actions=sticky_actions, max_episode_steps=max_episode_steps)
     reporter = make_reporter(quiet)
     try:

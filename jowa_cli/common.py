@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -44,6 +45,7 @@ def emit_json(obj: Any, path: str | None) -> None:
     if path == "-":
         print(text)
     else:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w") as f:
             f.write(text + "\n")
 

@@ -56,7 +56,13 @@ def prepare_data(
     """
     from jowa_core.data.convert import PrepareOptions, parse_int_list, parse_range
     from jowa_core.data.convert import prepare_data as run
+    from jowa_core.outputs import check_writable
 
+    if not 0 < subsample <= 1:  # NaN fails too
+        raise ValueError(f"--subsample must be a fraction in (0, 1], got {subsample}")
+    if workers < 1 or max_transitions < 0:
+        raise ValueError(f"--workers must be >= 1 and --max-transitions >= 0, got {workers} and {max_transitions}")
+    check_writable(json_out, "--json")
     opts = PrepareOptions(
         source=source,
         out=out,
@@ -68,7 +74,7 @@ def prepare_data(
         replacement=with_replacement,
         max_transitions=max_transitions or None,
         seed=seed,
-        workers=max(1, workers),
+        workers=workers,
         overwrite=overwrite,
         format=fmt,
     )

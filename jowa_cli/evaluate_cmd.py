@@ -86,9 +86,12 @@ def evaluate(
     from jowa_core.evaluation.agent import AgentSettings
     from jowa_core.evaluation.envs import EvalSettings
     from jowa_core.evaluation.runner import evaluate as run
+    from jowa_core.outputs import check_writable
 
     if history < 0:
         raise UserError(f"--history must be >= 0, got {history}")
+    check_writable(out, "--out")  # before the episodes are played, not after
+    check_writable(json_out, "--json")
     settings = EvalSettings(max_frames=max_frames, epsilon=epsilon)
     agent = AgentSettings(plan=not no_plan, planner="mcts" if mcts else "beam",
                           beam=beam if beam == "auto" else _int_option("--beam", beam), horizon=horizon,

@@ -39,10 +39,7 @@ def pretrain(
 
     if not out:
         raise ValueError("--out is required (the run directory)")
-    extra = list(overrides or [])
-    if data:
-        extra.append(f"data.path={data}")
-    cfg = load_config(PretrainConfig, config or None, extra)
+    cfg = load_config(PretrainConfig, config or None, list(overrides or []), {"data.path": data} if data else None)
     import os
 
     reporter = make_reporter(quiet=quiet or os.environ.get("RANK", "0") != "0")  # torchrun: rank 0 reports

@@ -102,6 +102,22 @@ def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[s
         raise CheckpointError(f"{path}: cannot read safetensors file ({e})") from None
 
 
+def load_optimizer_state(opt: torch.optim.Optimizer, path: str | Path, device: str | torch.device = "cpu") -> None:
+    """Restore ``opt`` from a torch file (``weights_only=True``); a missing, corrupt or mismatched file is a
+    CheckpointError naming it (never a traceback)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist: the checkpoint is incomplete")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated, corrupt, or not a torch file
+        raise CheckpointError(f"{path}: cannot read the optimiser state ({type(e).__name__}: {e})") from None
+    try:
+        opt.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: does not fit this run's optimiser ({e})") from None
+
+
 def write_model_files(directory: Path, kind: str, config: dict[str, Any], tensors: dict[str, torch.Tensor],
                       **extra: Any) -> None:
     """Write ``model.safetensors`` and ``checkpoint.json`` into an existing directory."""

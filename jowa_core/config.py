@@ -12,6 +12,7 @@ dataclass's ``PRESETS`` class attribute, and the other keys of the mapping overr
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -73,11 +74,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # no setting means NaN or infinity; it would train or plan nonsense
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool):
@@ -114,7 +117,22 @@ def _build(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     if unknown:
         raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; known: {sorted(fields)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in merged.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # check_bounds in __post_init__: name the full key
+        raise ConfigError(f"{where}.{e}" if where else str(e)) from None
+
+
+def check_bounds(cfg: Any) -> None:
+    """Check a config's numbers against its ``BOUNDS`` class attribute, ``{field: (low, high)}`` inclusive (None:
+    open); called from ``__post_init__`` so a bad value fails before any work, naming the key."""
+    for name, (low, high) in getattr(cfg, "BOUNDS", {}).items():
+        value = getattr(cfg, name)
+        if value is None or isinstance(value, bool):
+            continue
+        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+            want = f">= {low}" if high is None else f"<= {high}" if low is None else f"in [{low}, {high}]"
+            raise ConfigError(f"{name}: must be {want}, got {value!r}")
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any] | None) -> T:
@@ -145,11 +163,39 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     keys = [k for k in key.strip().split(".") if k]
     if not keys:
         raise ConfigError(f"override {text!r}: empty key")
+    return keys, parse_value(raw, text)
+
+
+def parse_value(raw: str, text: str = "") -> Any:
+    """An override's value parsed as YAML, except text YAML would silently change: a ``#`` (a comment to YAML)
+    or a ``: `` outside ``{...}`` (a mapping to YAML) keeps the whole text as a string (paths like ``a #1``)."""
+    stripped = raw.strip()
+    if not stripped:
+        return ""
+    if "#" in stripped:
+        return stripped
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.safe_load(raw)
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: cannot parse value: {e}") from None
-    return keys, value
+        if ": " in stripped and not stripped.startswith(("{", "[")):
+            return stripped
+        raise ConfigError(f"override {text or raw!r}: cannot parse value: {e}") from None
+    if isinstance(value, dict) and not stripped.startswith("{"):
+        return stripped
+    return value
+
+
+def set_value(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A copy of ``data`` with the dotted ``key`` set to ``value`` as is (never parsed: paths, names)."""
+    out = _deepcopy(data)
+    keys = [k for k in key.split(".") if k]
+    node = out
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            node[k] = {}
+        node = node[k]
+    node[keys[-1]] = value
+    return out
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -189,10 +235,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Load ``cls`` from a YAML file (or defaults when ``path`` is None) plus dotted overrides."""
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = (),
+                values: Mapping[str, Any] | None = None) -> T:
+    """Load ``cls`` from a YAML file (or defaults when ``path`` is None) plus dotted overrides, then ``values``:
+    dotted keys set verbatim (options such as ``--data``; never spliced into YAML text)."""
     data = read_yaml(path) if path else {}
     data = apply_overrides(data, overrides)
+    for key, value in (values or {}).items():
+        data = set_value(data, key, value)
     try:
         return from_dict(cls, data)
     except ConfigError as e:

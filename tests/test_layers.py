@@ -12,7 +12,8 @@ CORE = ROOT / "jowa_core"
 
 # Lower layers never import higher ones; a module may import its own layer (without cycles between packages).
 LAYERS: dict[str, int] = {
-    "games": 0, "config": 0, "checkpoint": 0, "devices": 0, "dist": 0, "progress": 0, "constants": 0,
+    "games": 0, "config": 0, "checkpoint": 0, "devices": 0, "dist": 0, "progress": 0, "constants": 0, "outputs": 0,
+    "procs": 0,
     "envs": 1, "models": 1,
     "data": 2,
     "train": 3, "planning": 3,

@@ -33,6 +33,8 @@ from jowa_core.constants import jowa_version
 from jowa_core.data.dopamine_writer import STACK_SIZE, LoggedReplayWriter
 from jowa_core.envs import make_env
 from jowa_core.envs.atari import AtariSettings
+from jowa_core.outputs import lock_output, release_output
+from jowa_core.procs import die_with_parent
 
 __all__ = ["POLICIES", "CollectError", "Policy", "RandomPolicy", "collect", "collect_run", "make_policy"]
 
@@ -165,6 +167,9 @@ def collect_run(
 
     game_dir = Path(out_root) / info.name
     final = game_dir / str(run)
+    if final.exists() and overwrite and not (final / SUMMARY_FILE).is_file():
+        raise ValueError(f"{final} exists but was not written by `jowa collect` (no {SUMMARY_FILE}): --overwrite "
+                         "replaces only finished collect runs; move it away or choose another --out")
     if final.exists() and not overwrite:
         if (final / SUMMARY_FILE).is_file():
             summary = _read_summary(final)
@@ -326,7 +331,9 @@ class _QueueReporter:
         self.flush()
 
 
-def _init_worker(q) -> None:
+def _init_worker(q, parent_pid: int) -> None:
+    """Worker set-up: the progress queue; the worker dies with the parent (even on kill -9)."""
+    die_with_parent(parent_pid)
     global _QUEUE
     _QUEUE = q
 
@@ -389,6 +396,17 @@ def collect(
         settings=settings, compresslevel=compresslevel, overwrite=overwrite,
     )
     pairs = [(g, r) for g in names for r in run_list]
+    locked = lock_output(out_root)  # one collect per --out: a second one is refused
+    try:
+        return _collect_pairs(pairs, common, workers, reporter)
+    finally:
+        if locked:
+            release_output(out_root)
+
+
+def _collect_pairs(pairs: list[tuple[str, int]], common: dict[str, Any], workers: int,
+                   reporter) -> list[dict[str, Any]]:
+    """Collect ``pairs`` in this process or ``workers`` spawned ones (see ``collect``)."""
     if workers <= 1 or len(pairs) <= 1:
         return [collect_run(g, run=r, reporter=reporter, **common) for g, r in pairs]
 
@@ -416,7 +434,8 @@ def collect(
     results: dict[tuple[str, int], dict[str, Any]] = {}
     errors: dict[tuple[str, int], BaseException] = {}
     with ProcessPoolExecutor(
-        max_workers=min(int(workers), len(pairs)), mp_context=ctx, initializer=_init_worker, initargs=(q,)
+        max_workers=min(int(workers), len(pairs)), mp_context=ctx, initializer=_init_worker,
+        initargs=(q, os.getpid()),
     ) as ex:
         futures: dict[Future, tuple[str, int]] = {
             ex.submit(_worker, {"game": g, "run": r, **common}): (g, r) for g, r in pairs

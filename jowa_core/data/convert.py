@@ -48,6 +48,8 @@ from jowa_core.data.stream import (
     find_episodes,
     select_episodes,
 )
+from jowa_core.outputs import lock_output, refuse_inputs_inside, release_output
+from jowa_core.procs import die_with_parent
 from jowa_core.progress import NullReporter, Reporter
 
 SPLITS = ("all", "first20", "last20")
@@ -517,7 +519,9 @@ def jobs_path(root: Path, game: str) -> Path:
 _progress_queue = None
 
 
-def _init_worker(queue) -> None:
+def _init_worker(queue, parent_pid: int) -> None:
+    """Worker set-up: the progress queue; the worker dies with the parent (even on kill -9)."""
+    die_with_parent(parent_pid)
     global _progress_queue
     _progress_queue = queue
 
@@ -630,6 +634,7 @@ def prepare_data(opts: PrepareOptions, reporter: Reporter | None = None) -> list
                 )
             raise SourceError(f"{e}{hint}") from None
     out_root.mkdir(parents=True, exist_ok=True)
+    locked = lock_output(out_root)  # one prepare-data per --out: a second one is refused
     summaries = []
     pool = None
     try:
@@ -638,7 +643,8 @@ def prepare_data(opts: PrepareOptions, reporter: Reporter | None = None) -> list
 
             ctx = mp.get_context("spawn")
             queue = ctx.Queue()
-            pool = ProcessPoolExecutor(opts.workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,))
+            pool = ProcessPoolExecutor(opts.workers, mp_context=ctx, initializer=_init_worker,
+                                       initargs=(queue, os.getpid()))
         else:
             queue = None
         for name in names:
@@ -646,6 +652,8 @@ def prepare_data(opts: PrepareOptions, reporter: Reporter | None = None) -> list
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        if locked:
+            release_output(out_root)
     return summaries
 
 
@@ -659,6 +667,10 @@ def _prepare_game(source, name, opts, out_root, reporter, pool, queue) -> dict[s
         warnings.append(msg)
         reporter.log(f"warning: {msg}")
 
+    if final.exists() and opts.overwrite:  # --overwrite replaces only a store prepare-data wrote, never an input
+        refuse_inputs_inside(final, [opts.source], "store")
+        if not (final / "zarr.json").is_file():
+            raise ValueError(f"{final} exists but is not a Zarr store: --overwrite replaces only stores; move it away")
     if final.exists() and not opts.overwrite:
         if jobs_dir.exists():  # killed between publish and cleanup
             shutil.rmtree(jobs_dir)
@@ -693,6 +705,7 @@ def _prepare_game(source, name, opts, out_root, reporter, pool, queue) -> dict[s
     todo = [j for j in plan.jobs if j.job_id not in done]
     if resumed:
         reporter.log(f"{name}: resuming; {len(done)} of {len(plan.jobs)} files already converted")
+        _remove_temp_files(partial, jobs_dir)
     t0 = time.time()
     raw_total = 0
     try:
@@ -707,6 +720,7 @@ def _prepare_game(source, name, opts, out_root, reporter, pool, queue) -> dict[s
     plan.provenance["fingerprint"] = plan.fingerprint
     plan.provenance["jowa_version"] = jowa_version()
     st.write_attrs_json(partial, {"provenance": plan.provenance})
+    _remove_temp_files(partial, jobs_dir)  # a store holds only its own files
     st.publish(partial, final)
     shutil.rmtree(jobs_dir, ignore_errors=True)
     mbps = raw_total / max(elapsed, 1e-9) / 1e6
@@ -774,6 +788,13 @@ def _resume_ok(jobs_dir: Path, partial: Path, fingerprint: str) -> bool:
         return json.loads(plan_file.read_text()).get("fingerprint") == fingerprint
     except (OSError, ValueError):
         return False
+
+
+def _remove_temp_files(partial: Path, jobs_dir: Path) -> None:
+    """Delete temporary files of writers killed mid-write (an interrupted run's, or a crashed worker's): no other
+    process writes here (the --out lock), so every temporary file is stale."""
+    for p in [*partial.glob("obs/c/*/0/.0.tmp*"), *jobs_dir.rglob(".*.tmp*.npz")]:
+        p.unlink(missing_ok=True)
 
 
 def _discard(partial: Path, jobs_dir: Path) -> None:

@@ -312,6 +312,11 @@ def load_obs_tokens(store: GameStore) -> np.ndarray:
     tokens = group[OBS_TOKENS][:]
     if tokens.shape != (store.num_steps, TOKENS_PER_OBS):
         raise StoreError(f"{store.path}/obs_tokens: shape {tokens.shape}, expected ({store.num_steps}, 36)")
+    vocab = (group[OBS_TOKENS].attrs.get("tokenizer_config") or {}).get("vocab_size")
+    low, high = (int(tokens.min()), int(tokens.max())) if tokens.size else (0, 0)
+    if low < 0 or (vocab and high >= int(vocab)):  # the model's embedding would clamp them silently
+        raise StoreError(f"{store.path}/obs_tokens: values in [{low}, {high}], outside the tokenizer's vocabulary "
+                         f"[0, {vocab})" if vocab else f"{store.path}/obs_tokens: negative token {low}")
     return tokens
 
 

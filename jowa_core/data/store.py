@@ -11,8 +11,8 @@ Layout of ``<root>/<Game>.zarr`` (format_version 1; see docs/data-format.md):
     attributes: game, num_actions, action_set, format_version, task_id, provenance (source files, options)
 
 Frames are written and read here with a direct implementation of the Zarr v3 ``sharding_indexed`` codec
-(bytes + zstd inner codecs, index at the end with crc32c) because zarr-python's generic pipeline is an
-order of magnitude slower for thousands of tiny chunks (docs/benchmarks.md). Anything written here is an
+(bytes + zstd inner codecs with frame checksums, index at the end with crc32c) because zarr-python's generic
+pipeline is an order of magnitude slower for thousands of tiny chunks (docs/benchmarks.md). Anything written here is an
 ordinary Zarr v3 array: ``zarr.open_group(path)["obs"][i:j]`` reads it, and tests check that it does.
 """
 
@@ -33,7 +33,7 @@ import zstandard
 from zarr.codecs import ZstdCodec
 
 from jowa_core import games
-from jowa_core.constants import FRAME_BYTES, FRAME_SHAPE
+from jowa_core.constants import FRAME_BYTES, FRAME_SHAPE, NUM_FULL_ACTIONS
 
 FORMAT_VERSION = 1
 OBS_CHUNK_FRAMES = 4  # a random 8-step segment touches 2-3 chunks: little decoded in vain
@@ -41,6 +41,8 @@ OBS_SHARD_FRAMES = 8192  # ~1,200 files per 10M frames; a shard is ~58 MB raw, ~
 ZSTD_LEVEL = 3
 STEP_ARRAY_CHUNK = 1 << 20
 _EMPTY = np.uint64(2**64 - 1)
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_ZSTD_CHECKSUM_FLAG = 0x04  # Content_Checksum_flag of the frame header descriptor
 
 STEP_ARRAYS = {"action": np.int16, "reward": np.float32, "terminal": np.bool_}
 EPISODE_ARRAYS = {"episode_start": np.int64, "episode_length": np.int64}
@@ -87,12 +89,13 @@ def create_store(
         dtype="uint8",
         chunks=(OBS_CHUNK_FRAMES, *FRAME_SHAPE),
         shards=(shard_frames, *FRAME_SHAPE),
-        compressors=ZstdCodec(level=ZSTD_LEVEL),
+        compressors=ZstdCodec(level=ZSTD_LEVEL, checksum=True),
         fill_value=0,
     )
     for name, dtype in STEP_ARRAYS.items():
         group.create_array(
-            name, shape=(n_steps,), dtype=dtype, chunks=(STEP_ARRAY_CHUNK,), compressors=ZstdCodec(level=3)
+            name, shape=(n_steps,), dtype=dtype, chunks=(STEP_ARRAY_CHUNK,),
+            compressors=ZstdCodec(level=3, checksum=True),
         )
     for name, dtype in EPISODE_ARRAYS.items():
         group.create_array(
@@ -100,7 +103,7 @@ def create_store(
             shape=(n_episodes,),
             dtype=dtype,
             chunks=(max(1, min(n_episodes, STEP_ARRAY_CHUNK)),),
-            compressors=ZstdCodec(level=3),
+            compressors=ZstdCodec(level=3, checksum=True),
         )
     group.attrs.update({"format_version": FORMAT_VERSION, **attrs})
     return group
@@ -117,7 +120,7 @@ def encode_shard(frames: np.ndarray, shard_frames: int = OBS_SHARD_FRAMES) -> by
         raise ValueError(f"bad shard contents: {frames.shape} {frames.dtype}")
     n_chunks = shard_frames // OBS_CHUNK_FRAMES
     index = np.full((n_chunks, 2), _EMPTY, dtype="<u8")
-    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)  # every chunk verifiable
     parts: list[bytes] = []
     offset = 0
     for c in range(-(-n // OBS_CHUNK_FRAMES)):
@@ -258,7 +261,10 @@ def open_store(path: str | os.PathLike) -> GameStore:
     for name, dtype in {**STEP_ARRAYS, **EPISODE_ARRAYS}.items():
         if name not in group:
             raise StoreError(f"{path}: array {name!r} is missing")
-        arr = group[name][:]
+        try:
+            arr = group[name][:]
+        except Exception as e:  # noqa: BLE001 - a corrupt chunk (checksum, codec) makes the store unusable
+            raise StoreError(f"{path}/{name}: cannot be read ({type(e).__name__}: {e})") from None
         if arr.dtype != dtype:
             raise StoreError(f"{path}/{name}: dtype {arr.dtype}, expected {np.dtype(dtype)}")
         arrays[name] = arr
@@ -271,7 +277,35 @@ def open_store(path: str | os.PathLike) -> GameStore:
     starts, lengths = arrays["episode_start"], arrays["episode_length"]
     if starts.shape != lengths.shape or (lengths.size and int(lengths.sum()) != n):
         raise StoreError(f"{path}: episode_start/episode_length do not cover the {n} steps")
+    check_consistency(path, arrays)
     return GameStore(path=path, attrs=attrs, frames=FrameReader(path / "obs"), **arrays)
+
+
+def check_consistency(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Cross-check the small arrays (raises StoreError): episodes contiguous from row 0 with positive lengths,
+    terminal only on an episode's last step, actions in the full action space, rewards finite."""
+    starts, lengths = arrays["episode_start"], arrays["episode_length"]
+    if lengths.size:
+        expected = np.concatenate([[0], np.cumsum(lengths[:-1])])
+        bad = np.flatnonzero((starts != expected) | (lengths < 1))
+        if bad.size:
+            e = int(bad[0])
+            raise StoreError(f"{path}: episode {e} starts at row {int(starts[e])} with length {int(lengths[e])}; "
+                             f"episodes must be contiguous from row 0 (expected start {int(expected[e])}, length >= 1)")
+        last = np.zeros(arrays["terminal"].shape, bool)
+        last[starts + lengths - 1] = True
+        stray = np.flatnonzero(arrays["terminal"] & ~last)
+        if stray.size:
+            raise StoreError(f"{path}: terminal set on row {int(stray[0])}, which is not an episode's last step")
+    action = arrays["action"]
+    wrong = np.flatnonzero((action < 0) | (action >= NUM_FULL_ACTIONS))
+    if wrong.size:
+        raise StoreError(f"{path}: action {int(action[wrong[0]])} on row {int(wrong[0])} is outside the "
+                         f"{NUM_FULL_ACTIONS}-action ALE space ({wrong.size} rows)")
+    nonfinite = np.flatnonzero(~np.isfinite(arrays["reward"]))
+    if nonfinite.size:
+        raise StoreError(f"{path}: reward {arrays['reward'][nonfinite[0]]} on row {int(nonfinite[0])} is not finite "
+                         f"({nonfinite.size} rows)")
 
 
 class FrameReader:
@@ -289,6 +323,8 @@ class FrameReader:
         if self._fast:
             self.shard_frames = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
             self.chunk_frames = int(meta["codecs"][0]["configuration"]["chunk_shape"][0])
+            zstd = meta["codecs"][0]["configuration"]["codecs"][1].get("configuration", {})
+            self.checksummed = bool(zstd.get("checksum", False))  # stores written before checksums: False
         self._indexes: dict[int, np.ndarray] = {}
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
@@ -339,7 +375,19 @@ class FrameReader:
         offset, nbytes = self._index(shard)[local // self.chunk_frames]
         if offset == _EMPTY:
             return bytes(self.chunk_frames * FRAME_BYTES)
-        return self._dctx.decompress(os.pread(self._fd(shard), int(nbytes), int(offset)))
+        data = os.pread(self._fd(shard), int(nbytes), int(offset))
+        size = self.chunk_frames * FRAME_BYTES
+        where = f"{shard_file(self.path, shard)}: chunk {local // self.chunk_frames}"
+        # A checksummed store's chunks must carry the checksum flag (a flipped flag would skip the check).
+        if len(data) < 5 or data[:4] != _ZSTD_MAGIC or (self.checksummed and not data[4] & _ZSTD_CHECKSUM_FLAG):
+            raise StoreError(f"{where} is corrupt (bad zstd frame header)")
+        try:
+            out = self._dctx.decompress(data, max_output_size=size)
+        except zstandard.ZstdError as e:
+            raise StoreError(f"{where} is corrupt ({e})") from None
+        if len(out) != size:
+            raise StoreError(f"{where} is corrupt ({len(out)} bytes decoded, expected {size})")
+        return out
 
     def read_range(self, start: int, stop: int) -> np.ndarray:
         """Frames [start, stop) as (stop - start, 84, 84) uint8."""

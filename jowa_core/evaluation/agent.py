@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from jowa_core import games as _games
+from jowa_core.constants import NUM_FULL_ACTIONS
 from jowa_core.models.tokenizer import Tokenizer
 from jowa_core.models.world_action import WorldActionModel, segment_tokens
 from jowa_core.planning import DEFAULT_REWARD_MODE, check_reward_mode
@@ -61,6 +62,12 @@ class AgentSettings:
             raise ValueError(f"q_dropout must be off or official, got {self.q_dropout!r}")
         if self.gamma is not None and not 0.0 <= float(self.gamma) <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        if self.beam != "auto" and not (isinstance(self.beam, int) and 1 <= self.beam <= NUM_FULL_ACTIONS):
+            raise ValueError(f"beam must be 'auto' or a width in [1, {NUM_FULL_ACTIONS}] (one branch per action at "
+                             f"most), got {self.beam!r}")
+        if self.horizon < 1 or self.max_batch < 1 or (self.history is not None and self.history < 1):
+            raise ValueError(f"horizon, history and max_batch must be >= 1, got {self.horizon}, {self.history}, "
+                             f"{self.max_batch}")
         check_reward_mode(self.reward_mode)
 
 

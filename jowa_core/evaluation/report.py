@@ -117,7 +117,13 @@ def _load_json(path: Path) -> MethodScores:
         raw = entry.get("raw_scores") if isinstance(entry, dict) else None
         if not raw:
             raise ValueError(f"{path}: game {game!r} has no raw_scores")
-        scores[_games.get(game).name] = np.asarray(raw, dtype=np.float64)
+        try:
+            values = np.asarray(raw, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: game {game!r}: raw_scores are not numbers") from None
+        if not np.isfinite(values).all():  # NaN would silently turn every aggregate into NaN
+            raise ValueError(f"{path}: game {game!r}: raw_scores hold NaN or infinite values")
+        scores[_games.get(game).name] = values
     return MethodScores(_json_name(path.stem, preset, plan, set()), scores, str(path), preset=preset, plan=plan)
 
 
@@ -138,6 +144,8 @@ def _load_csv(path: Path, taken: set[str]) -> list[MethodScores]:
                 score = float(row[cols["score"]])
             except (TypeError, ValueError):
                 raise ValueError(f"{path}:{i}: score {row[cols['score']]!r} is not a number") from None
+            if not np.isfinite(score):
+                raise ValueError(f"{path}:{i}: score {row[cols['score']]!r} is not a finite number")
             rows.setdefault(method, {}).setdefault(game, []).append(score)
     if not rows:
         raise ValueError(f"{path}: no rows")

@@ -37,6 +37,7 @@ from jowa_core.constants import jowa_version
 from jowa_core.models.lpips import LPIPS
 from jowa_core.models.tokenizer import Tokenizer, TokenizerConfig, save_tokenizer
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, save_world_action
+from jowa_core.outputs import refuse_inputs_inside
 
 OFFICIAL_PREFIXES = ckpt.WRAPPER_PREFIXES  # longest first
 OFFICIAL_HEAD_DIM = 64  # every released model: 512/8 and 768/12
@@ -390,11 +391,15 @@ def import_official(tokenizer_path: str | Path | None, model_path: str | Path | 
     if tokenizer_path is None and model_path is None:
         raise ValueError("nothing to import: give a tokenizer file, a model file, or both")
     out = Path(out)
+    refuse_inputs_inside(out, [tokenizer_path, model_path])
     if out.exists():
         if not out.is_dir():
             raise ValueError(f"{out} exists and is not a directory")
         if any(out.iterdir()) and not overwrite:
             raise ValueError(f"{out} already exists and is not empty; use --overwrite to replace it")
+        if any(out.iterdir()) and not (out / SUMMARY_FILE).is_file():  # --overwrite replaces only our own output
+            raise ValueError(f"{out} is not empty and was not written by `jowa import-official` (no {SUMMARY_FILE}):"
+                             " --overwrite replaces only an earlier import; choose another --out")
     converted_by = _converted_by()
     summary: dict[str, Any] = {"format": "jowa-import", "converted_by": converted_by, "out": str(out)}
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jowa_core import checkpoint as ckpt
-from jowa_core.config import from_dict, to_dict
+from jowa_core.config import ConfigError, check_bounds, from_dict, to_dict
 from jowa_core.constants import NUM_FULL_ACTIONS, TOKENS_PER_OBS
 from jowa_core.models.losses import expected_q
 from jowa_core.models.transformer import KVCache, Transformer
@@ -60,6 +60,19 @@ class WorldActionConfig:
         "70m": dict(num_layers=6, embed_dim=768, num_heads=12, q_mlp_dim=1024, num_q=1),
         "150m": dict(num_layers=12, embed_dim=768, num_heads=12, q_mlp_dim=1792, num_q=3),
     }
+
+    BOUNDS: ClassVar[dict[str, tuple[float | None, float | None]]] = {
+        "num_layers": (1, None), "embed_dim": (1, None), "num_heads": (1, None), "q_mlp_dim": (1, None),
+        "num_q": (1, None), "q_dropout": (0, 1), "embed_pdrop": (0, 1), "resid_pdrop": (0, 1), "attn_pdrop": (0, 1),
+        "obs_vocab": (1, None), "tokens_per_obs": (1, None), "max_steps": (1, None), "max_tasks": (1, None),
+        "num_actions": (1, None), "num_atoms": (2, None),
+    }
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+        if self.embed_dim % self.num_heads or self.v_min >= self.v_max:
+            raise ConfigError(f"embed_dim ({self.embed_dim}) must be a multiple of num_heads ({self.num_heads}) and "
+                              f"v_min ({self.v_min}) below v_max ({self.v_max})")
 
     @property
     def tokens_per_step(self) -> int:
@@ -275,7 +288,18 @@ def build_model(cfg: WorldActionConfig) -> WorldActionModel:
 def load_world_action(path: str, device: torch.device | str = "cpu") -> tuple[WorldActionModel, dict]:
     """A model (in eval mode) and its checkpoint metadata, from a checkpoint or run directory."""
     meta, tensors = ckpt.load_model(path, "world_action")
-    model = WorldActionModel(from_dict(WorldActionConfig, meta["config"]))
+    if not isinstance(meta.get("config"), dict):
+        raise ckpt.CheckpointError(f"{path}: {ckpt.META} has no model config")
+    try:
+        cfg = from_dict(WorldActionConfig, meta["config"])
+    except ConfigError as e:
+        raise ckpt.CheckpointError(f"{path}: bad model config in {ckpt.META}: {e}") from None
+    with torch.device("meta"):  # the config's shapes, checked against the weights before allocating anything
+        shapes = {k: tuple(v.shape) for k, v in WorldActionModel(cfg).state_dict().items()}
+    problems = ckpt.state_dict_problems(shapes, tensors)
+    if problems:
+        raise ckpt.CheckpointError(f"{path}: weights vs the config: " + "; ".join(problems))
+    model = WorldActionModel(cfg)
     ckpt.load_state_dict_checked(model, tensors, f"{path}: weights vs the config")
     return model.to(device).eval(), meta
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -33,7 +33,7 @@ from jowa_core import checkpoint as ckpt
 from jowa_core import devices
 from jowa_core import dist as jdist
 from jowa_core import games as _games
-from jowa_core.config import read_yaml, save_yaml, to_dict
+from jowa_core.config import check_bounds, read_yaml, save_yaml, to_dict
 from jowa_core.constants import BEST_DIR, CONFIG_FILE, FINAL_DIR, SUMMARY_FILE
 from jowa_core.data.segments import make_loader
 from jowa_core.devices import pick_device
@@ -59,6 +59,20 @@ from jowa_core.train.step import optimizer_step
 class FinetuneConfig:
     """Fine-tuning hyperparameters (paper Appendix E.2; the official ``finetune_150M.yaml`` where it differs is
     noted)."""
+
+    BOUNDS: ClassVar[dict[str, tuple[float | None, float | None]]] = {
+        "stage1_steps": (0, None), "stage2_steps": (0, None), "batch_size": (1, None), "lr": (0, None),
+        "weight_decay": (0, None), "grad_clip": (0, None), "world_weight": (0, None), "cql_alpha": (0, None),
+        "synthetic_fraction": (0, 1), "imagine_beam": (1, None), "imagine_horizon": (1, None),
+        "synthetic_stride": (1, None), "gamma": (0, 1), "target_update_every": (1, None), "seq_len": (1, None),
+        "stride": (1, None), "eval_every": (0, None), "eval_episodes": (0, None), "eval_max_frames": (1, None),
+        "eval_beam": (1, None), "eval_horizon": (1, None), "tokenizer_lr": (0, None),
+        "tokenizer_batch_size": (1, None), "num_workers": (0, None), "log_every": (1, None),
+        "save_every": (0, None), "keep_checkpoints": (0, None), "stop_after": (1, None),
+    }
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
 
     stage1_steps: int = 3000  # real data only (paper v1: 3k + 7k; official: 50k steps, synthetic after 20k)
     stage2_steps: int = 7000  # real + synthetic
@@ -541,8 +555,8 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
                          synthetic=syn_batches.position if syn_batches is not None else [0, 0], log_sums=sums,
                          log_n=n_sum, evals=evals, best=best, elapsed_s=time.perf_counter() - t0)
             save_checkpoint(out, model, opt, state, run_cfg, ctx, joint_tok, keep=cfg.keep_checkpoints, gamma=cfg.gamma)
-    log.close()
     if step < total:
+        log.close()  # releases the run's lock
         reporter.log(f"stopped at step {step} of {total}: continue with --resume")
         return {"out": str(out), "step": step, "finished": False, "param_fingerprint": param_fingerprint(model)}
     final_stage = 2 if cfg.stage2_steps else 1
@@ -558,6 +572,7 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
                "trainable_parameters": model.num_trainable_parameters(),
                "param_fingerprint": param_fingerprint(model), "config": to_dict(cfg)}
     ckpt.write_json_atomic(out / SUMMARY_FILE, summary)
+    log.close()  # the run's last write is done: its lock is released
     return summary
 
 

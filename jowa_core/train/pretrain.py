@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from jowa_core import checkpoint as ckpt
 from jowa_core import devices
 from jowa_core import dist as jdist
-from jowa_core.config import from_dict, save_yaml, to_dict
+from jowa_core.config import check_bounds, from_dict, save_yaml, to_dict
 from jowa_core.constants import CHECKPOINTS_DIR, CONFIG_FILE, FINAL_DIR, OBS_TOKENS, OPTIMIZER_FILE, STATE_FILE
 from jowa_core.data.segments import make_loader
 from jowa_core.games import resolve as resolve_games
@@ -87,6 +87,18 @@ class TrainConfig:
     tensorboard: bool = True
     wandb: bool = False
     wandb_project: str = "jowa"
+
+    BOUNDS: ClassVar[dict[str, tuple[float | None, float | None]]] = {
+        "batch_size": (1, None), "stage1_steps": (0, None), "stage2_steps": (0, None),
+        "lr_world_stage1": (0, None), "lr_world_stage2": (0, None), "lr_q": (0, None), "lr_final_ratio": (0, 1),
+        "weight_decay": (0, None), "grad_clip": (0, None), "gamma": (0, 1), "world_weight_stage2": (0, None),
+        "cql_alpha": (0, None), "target_update_every": (1, None), "tokenizer_lr": (0, None),
+        "tokenizer_batch_size": (1, None), "log_every": (1, None), "save_every": (1, None),
+        "keep_checkpoints": (0, None), "stop_after": (1, None),
+    }
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
 
 
 @dataclass
@@ -214,7 +226,7 @@ def load_checkpoint(path: Path, model: WorldActionModel, opt: torch.optim.Optimi
                     ctx: jdist.DistContext) -> dict[str, Any]:
     meta, tensors = ckpt.load_model(path, "world_action")
     model.load_state_dict(tensors)
-    opt.load_state_dict(torch.load(path / OPTIMIZER_FILE, map_location=ctx.device, weights_only=True))
+    ckpt.load_optimizer_state(opt, path / OPTIMIZER_FILE, ctx.device)
     state = ckpt.read_json(path / STATE_FILE)
     if state.get("world_size", 1) != ctx.world_size:
         raise ValueError(f"{path} was written by {state.get('world_size')} processes; resume with the same number "
@@ -264,8 +276,7 @@ class JointTokenizer:
 
     def load(self, directory: Path) -> None:
         self.tok.load_state_dict(ckpt.load_tensors(directory / "tokenizer.safetensors", self.ctx.device))
-        self.opt.load_state_dict(torch.load(directory / "tokenizer_optimizer.pt", map_location=self.ctx.device,
-                                            weights_only=True))
+        ckpt.load_optimizer_state(self.opt, directory / "tokenizer_optimizer.pt", self.ctx.device)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -327,7 +338,10 @@ def _open_data(cfg: PretrainConfig, ctx: jdist.DistContext) -> tuple[Any, nn.Mod
     if vocab is not None and vocab != cfg.model.obs_vocab:
         raise ValueError(f"the observation tokens come from a tokenizer with vocab {vocab}, but model.obs_vocab is "
                          f"{cfg.model.obs_vocab}; set model.obs_vocab={vocab}")
-
+    task_ids = loader.dataset.task_id
+    if task_ids.size and (int(task_ids.min()) < 0 or int(task_ids.max()) >= cfg.model.max_tasks):
+        raise ValueError(f"the stores' task ids {sorted(set(task_ids.tolist()))} do not fit model.max_tasks="
+                         f"{cfg.model.max_tasks} (ids 0..{cfg.model.max_tasks - 1})")
     return loader, tokenizer
 
 
@@ -443,10 +457,10 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
                 break
         else:
             state.update(epoch=state["epoch"] + 1, batch_in_epoch=0)
-    log.close()
     if ctx.is_main and step >= total_steps:
         _write_final(out, cfg, model, state, dataset, tokenizer if joint_tok is not None else None)
         reporter.log(f"final model: {out / FINAL_DIR} (training checkpoint {ckpt.latest_checkpoint(out)})")
+    log.close()  # the run's last write is done: its lock is released
     return {"out": str(out), "step": step, "finished": step >= total_steps, "stage": state["stage"],
             "games": dataset.games, "world_size": ctx.world_size,
             "trainable_parameters": model.num_trainable_parameters(), "param_fingerprint": param_fingerprint(model)}

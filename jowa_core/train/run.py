@@ -23,18 +23,20 @@ from torch import Tensor
 from jowa_core import checkpoint as ckpt
 from jowa_core import dist as jdist
 from jowa_core.constants import CHECKPOINTS_DIR, METRICS_FILE, TENSORBOARD_DIR
+from jowa_core.outputs import lock_output, release_output
 
 
 def prepare_run(out: Path, resume: bool, is_main: bool = True) -> Path | None:
-    """The checkpoint to resume from (None: a fresh run). A fresh run needs ``out`` missing or empty."""
+    """The checkpoint to resume from (None: a fresh run). A fresh run needs ``out`` missing or empty. The main
+    process locks ``out`` (one writer per run: a second one is refused); ``MetricsLog.close`` releases it."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a directory; choose another --out")
+    if is_main:
+        if not resume and out.exists() and any(out.iterdir()):
+            raise ValueError(f"{out} is not empty: pass --resume to continue that run, or choose another --out")
+        lock_output(out)
     latest = ckpt.latest_checkpoint(out)
-    if resume:
-        return latest
-    if is_main and out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out} is not empty: pass --resume to continue that run, or choose another --out")
-    return None
+    return latest if resume else None
 
 
 def rng_state(device: torch.device) -> dict[str, Tensor]:
@@ -87,7 +89,7 @@ class MetricsLog:
                  tensorboard: str | None = None, wandb: dict[str, Any] | None = None):
         """``tensorboard``: the scalar prefix (e.g. "pretrain") or None for none; ``wandb``: ``wandb.init``
         keyword arguments or None."""
-        self.columns, self.enabled, self.prefix = list(columns), enabled, tensorboard
+        self.columns, self.enabled, self.prefix, self.out = list(columns), enabled, tensorboard, out
         self.tb = self.wandb = self.file = None
         if not enabled:
             return
@@ -132,6 +134,8 @@ class MetricsLog:
             self.wandb.log(row, step=step)
 
     def close(self) -> None:
+        """Close the files; the run is over, so its lock (``prepare_run``) is released."""
+        release_output(self.out)
         if self.file is not None:
             self.file.close()
             self.file = None

@@ -345,7 +345,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data: str | os.PathLike, out: str
         start = _check_resumable(latest, cfg, data_info)
         _, tensors = ckpt.load_model(latest, KIND, device=device)
         model.load_state_dict(tensors)
-        opt.load_state_dict(torch.load(latest / OPTIMIZER_FILE, map_location=device, weights_only=True))
+        ckpt.load_optimizer_state(opt, latest / OPTIMIZER_FILE, device)
         saved_rng = ckpt.load_tensors(latest / "rng.safetensors")
         set_rng_state(saved_rng, device)
         if "code_age" in saved_rng:

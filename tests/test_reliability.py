@@ -1,0 +1,381 @@
+"""Nothing silently wrong, nothing lost (issue 15): one test per kind of failure; docs/reliability.md lists them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+import zstandard
+from dopamine_emulator import write_run
+from typer.testing import CliRunner
+
+from jowa_cli.main import app
+from jowa_core import checkpoint as ckpt
+from jowa_core.config import ConfigError, load_config, parse_override
+from jowa_core.data import convert
+from jowa_core.data import store as st
+from jowa_core.data.collect import collect, collect_run
+from jowa_core.data.convert import PrepareOptions, prepare_data
+from jowa_core.data.segments import load_obs_tokens
+from jowa_core.evaluation.agent import AgentSettings
+from jowa_core.evaluation.report import load_results
+from jowa_core.interop.official import import_official
+from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, load_world_action, save_world_action
+from jowa_core.outputs import LockError, lock_output, lock_path, release_output
+from jowa_core.train.finetune import FinetuneConfig
+from jowa_core.train.pretrain import PretrainConfig
+from jowa_core.train.run import prepare_run
+from jowa_core.train.step import NonFiniteError, optimizer_step
+
+
+def test_paths_are_values_not_yaml(tmp_path: Path) -> None:
+    """`--data "runs/real #1"` names that folder (not `runs/real`); overrides keep '#' and ': ' in text."""
+    data = tmp_path / "real #1"
+    cfg = load_config(PretrainConfig, None, [], {"data.path": str(data)})
+    assert cfg.data.path == str(data)
+    assert parse_override("data.path=runs/real #1")[1] == "runs/real #1"
+    assert parse_override("data.path=a: b")[1] == "a: b"
+    assert float(parse_override("train.lr=1e-4")[1]) == 1e-4
+    assert parse_override("x={a: 1}")[1] == {"a": 1}
+    res = CliRunner().invoke(app, ["pretrain", "--data", str(data), "--out", str(tmp_path / "run"), "--quiet"])
+    assert res.exit_code == 2
+    assert "real #1" in res.output, res.output
+
+
+def test_overwrite_never_deletes_inputs(tmp_path: Path) -> None:
+    """--overwrite replaces only what the command wrote: never a folder holding its input, never foreign files."""
+    out = tmp_path / "imported"
+    out.mkdir()
+    official = out / "JOWA_40M.pt"
+    official.write_bytes(b"the only copy")
+    res = CliRunner().invoke(app, ["import-official", "--ckpt", str(official), "--out", str(out), "--overwrite"])
+    assert res.exit_code == 2 and "lies inside" in res.output, res.output
+    assert official.read_bytes() == b"the only copy"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not written by `jowa import-official`"):
+        import_official(None, official, foreign, overwrite=True)
+    run_dir = tmp_path / "raw" / "Pong" / "1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not written by `jowa collect`"):
+        collect_run("Pong", tmp_path / "raw", 1, 10, capacity=10, overwrite=True)
+    store = tmp_path / "data" / "Pong.zarr"  # the source lives inside the store --overwrite would replace
+    (store / "Pong" / "1" / "replay_logs").mkdir(parents=True)
+    (store / "zarr.json").write_text("{}")
+    with pytest.raises(ValueError, match="lies inside store"):
+        prepare_data(PrepareOptions(source=str(store), out=str(tmp_path / "data"), games=["Pong"], overwrite=True))
+    assert (store / "Pong" / "1" / "replay_logs").is_dir() and (foreign / "notes.txt").is_file()
+    assert (run_dir / "notes.txt").is_file()
+
+
+def _small_store(path: Path, n: int = 40) -> tuple[Path, np.ndarray]:
+    """A 40-frame store of blocky frames (compressible, like Atari) in shards of 16 frames."""
+    rng = np.random.default_rng(0)
+    obs = (rng.integers(0, 4, (n, 12, 12)).repeat(7, 1).repeat(7, 2) * 60).astype(np.uint8)
+    terminal = np.zeros(n, bool)
+    terminal[-1] = True
+    st.write_store(path, "Pong", obs, rng.integers(0, 6, n), np.zeros(n), terminal, np.array([0]), np.array([n]),
+                   shard_frames=16)
+    return path, obs
+
+
+def _flip(path: Path, rnd: np.random.Generator) -> bytes:
+    """Flip one random bit of the file; returns the original bytes."""
+    data = path.read_bytes()
+    pos = int(rnd.integers(len(data)))
+    flipped = bytearray(data)
+    flipped[pos] ^= 1 << int(rnd.integers(8))
+    path.write_bytes(bytes(flipped))
+    return data
+
+
+def test_bit_flips_in_store_chunks_never_read_silently(tmp_path: Path) -> None:
+    """Every chunk carries a zstd checksum: 300 random bit flips in frame shards and 50 in the action chunk are
+    all errors (StoreError), none a wrong frame or action; zarr-python reads the checksummed store too."""
+    path, obs = _small_store(tmp_path / "Pong.zarr")
+    np.testing.assert_array_equal(zarr.open_group(str(path), mode="r")["obs"][:], obs)
+    shards = sorted(p for p in (path / "obs" / "c").rglob("*") if p.is_file())
+    weights = np.array([p.stat().st_size for p in shards], float)
+    rnd = np.random.default_rng(1)
+    outcome = {"error": 0, "same": 0, "wrong": 0}
+    for _ in range(300):
+        shard = shards[int(rnd.choice(len(shards), p=weights / weights.sum()))]
+        original = _flip(shard, rnd)
+        try:
+            same = np.array_equal(st.FrameReader(path / "obs").read_range(0, len(obs)), obs)
+            outcome["same" if same else "wrong"] += 1
+        except st.StoreError:
+            outcome["error"] += 1
+        shard.write_bytes(original)
+    assert outcome["wrong"] == 0, outcome
+    action = st.open_store(path).action.copy()
+    (chunk,) = [p for p in (path / "action" / "c").rglob("*") if p.is_file()]
+    for _ in range(50):
+        original = _flip(chunk, rnd)
+        try:
+            assert np.array_equal(st.open_store(path).action, action), "a flipped action chunk read silently"
+        except st.StoreError:
+            outcome["error"] += 1
+        chunk.write_bytes(original)
+    assert outcome["error"] >= 340, outcome
+
+
+def test_stores_without_checksums_still_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stores written before chunk checksums (no zstd checksum) open and read as before."""
+    plain = zstandard.ZstdCompressor
+    monkeypatch.setattr(st.zstandard, "ZstdCompressor", lambda level, write_checksum=False: plain(level=level))
+    monkeypatch.setattr(st, "ZstdCodec", lambda level, checksum=False: zarr.codecs.ZstdCodec(level=level))
+    path, obs = _small_store(tmp_path / "Pong.zarr")
+    monkeypatch.undo()
+    reader = st.open_store(path).frames
+    assert not reader.checksummed
+    np.testing.assert_array_equal(reader.read_range(0, len(obs)), obs)
+
+
+def _holder(directory: Path) -> subprocess.Popen:
+    """Another process holding the lock on ``directory`` until its stdin closes."""
+    code = ("import sys; from jowa_core.outputs import lock_output; lock_output(sys.argv[1]); print('locked', "
+            "flush=True); sys.stdin.read()")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(directory)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_one_writer_per_run_and_store(tmp_path: Path) -> None:
+    """A second writer of a run directory or a prepare-data / collect --out is refused naming the owner; the lock
+    of a killed owner is taken over."""
+    run, data = tmp_path / "run", tmp_path / "data"
+    holder = _holder(run)
+    try:
+        with pytest.raises(LockError, match=f"another jowa process.*{holder.pid}"):
+            prepare_run(run, resume=True)
+        res = CliRunner().invoke(app, ["pretrain", "--data", str(tmp_path), "--out", str(run), "--resume",
+                                       "--quiet", "train.stage1_steps=1", "train.stage2_steps=0"])
+        assert res.exit_code == 2 and "another jowa process" in res.output, res.output
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lock_path(run).is_file()  # left behind by the killed owner: taken over
+    assert prepare_run(run, resume=False) is None
+    release_output(run)
+    assert not lock_path(run).exists()
+    holder = _holder(data)
+    try:
+        with pytest.raises(LockError, match=str(holder.pid)):
+            (tmp_path / "src" / "Pong" / "1" / "replay_logs").mkdir(parents=True)
+            prepare_data(PrepareOptions(source=str(tmp_path / "src"), out=str(data), games=["Pong"]))
+        with pytest.raises(LockError, match=str(holder.pid)):
+            collect(["Pong"], [1], data, num_steps=10, capacity=10)
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert lock_output(data) and not lock_output(data)  # re-entrant within a process
+    release_output(data)
+
+
+def test_non_finite_loss_stops_training_before_the_step() -> None:
+    """A NaN loss (e.g. from NaN rewards) or an infinite gradient raises before the optimiser touches the weights;
+    every trainer (pretrain, finetune, train-tokenizer) steps through optimizer_step, so nothing NaN is saved."""
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    x = torch.ones(4, 3)
+    optimizer_step(opt, model(x).pow(2).mean(), model.parameters(), 1.0)  # a good step
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for bad in (model(x).mean() * float("nan"), model(x).mean() * float("inf")):
+        with pytest.raises(NonFiniteError, match="non-finite training loss"):
+            optimizer_step(opt, bad, model.parameters(), 1.0)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]) and torch.isfinite(v).all()
+
+
+@pytest.mark.parametrize("override", ["train.lr_q=-1", "train.stage1_steps=-5", "train.log_every=0", "train.gamma=nan",
+                                      "train.lr_world_stage1=.inf", "train.grad_clip=-1", "model.attn_pdrop=nan"])
+def test_nonsense_settings_fail_before_work(override: str) -> None:
+    """NaN, infinite, negative and out-of-range settings are config errors naming the key."""
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(PretrainConfig, None, [override])
+
+
+def test_nonsense_options_and_scores_fail_before_work(tmp_path: Path) -> None:
+    """Options and inputs checked up front: finetune bounds, evaluate's beam, NaN scores in report, prepare-data's
+    --subsample and --workers."""
+    with pytest.raises(ConfigError, match="log_every"):
+        load_config(FinetuneConfig, None, ["log_every=0"])
+    for beam in (0, 50):
+        with pytest.raises(ValueError, match="beam"):
+            AgentSettings(beam=beam)
+    scores = tmp_path / "scores.json"
+    scores.write_text('{"format": "jowa-eval", "games": {"Pong": {"raw_scores": [1.0, NaN]}}}')
+    with pytest.raises(ValueError, match="NaN"):
+        load_results([scores])
+    csv = tmp_path / "scores.csv"
+    csv.write_text("method,game,score\nours,Pong,nan\n")
+    with pytest.raises(ValueError, match="finite"):
+        load_results([csv])
+    for option in (["--subsample", "2"], ["--subsample", "nan"], ["--workers", "0"]):
+        res = CliRunner().invoke(app, ["prepare-data", "--source", str(tmp_path), "--games", "Pong",
+                                       "--out", str(tmp_path / "out"), *option])
+        assert res.exit_code == 2 and option[0] in res.output, res.output
+
+
+def test_outputs_checked_writable_before_long_work(tmp_path: Path) -> None:
+    """evaluate --out DIR, collect --json DIR and prepare-data --json DIR fail before any episode or file is
+    processed (the inputs here do not even exist: the output is checked first)."""
+    folder = tmp_path / "a folder"
+    folder.mkdir()
+    runs = [
+        ["evaluate", "--ckpt", str(tmp_path / "none"), "--tokenizer", str(tmp_path / "none"), "--games", "Pong",
+         "--out", str(folder)],
+        ["collect", "--games", "Pong", "--runs", "1", "--steps", "100000", "--out", str(tmp_path / "raw"),
+         "--json", str(folder)],
+        ["prepare-data", "--source", str(tmp_path / "none"), "--games", "Pong", "--out", str(tmp_path / "out"),
+         "--json", str(folder)],
+        ["evaluate", "--ckpt", str(tmp_path / "none"), "--tokenizer", str(tmp_path / "none"), "--games", "Pong",
+         "--json", str(folder / "notes.txt" / "x.json")],
+    ]
+    (folder / "notes.txt").write_text("a file, not a folder")
+    for args in runs:
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2 and ("is a directory" in res.output or "not a folder" in res.output), res.output
+        assert str(tmp_path / "none") not in res.output, res.output
+    assert not (tmp_path / "raw").exists()
+
+
+@pytest.mark.parametrize("breaker", ["shifted_episodes", "action_99", "nan_reward", "stray_terminal"])
+def test_store_internals_cross_checked_on_open(tmp_path: Path, breaker: str) -> None:
+    """Shifted episode bounds (same sums), actions outside the 18-action space, NaN rewards and a terminal in
+    mid-episode are StoreErrors on open, not silently trained on."""
+    n = 12
+    obs = np.zeros((n, 84, 84), np.uint8)
+    action, reward, terminal = np.zeros(n, np.int16), np.zeros(n, np.float32), np.zeros(n, bool)
+    starts, lengths = np.array([0, 5]), np.array([5, 7])
+    terminal[[4, 11]] = True
+    if breaker == "shifted_episodes":
+        starts = np.array([1, 6])
+    elif breaker == "action_99":
+        action[3] = 99
+    elif breaker == "nan_reward":
+        reward[2] = np.nan
+    else:
+        terminal[2] = True
+    path = st.write_store(tmp_path / "Pong.zarr", "Pong", obs, action, reward, terminal, starts, lengths)
+    with pytest.raises(st.StoreError, match="episode 0 starts|action 99|not finite|terminal set on row 2"):
+        st.open_store(path)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its reaper counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+@pytest.mark.parametrize("module", ["jowa_core.data.collect", "jowa_core.data.convert"])
+def test_workers_die_with_their_parent(module: str) -> None:
+    """After kill -9 of the parent, busy --workers processes of collect and prepare-data exit too (their pool
+    initializer arms the parent-death signal)."""
+    code = (f"import os, sys; from concurrent.futures import ProcessPoolExecutor; import multiprocessing as mp; "
+            f"from {module} import _init_worker\n"
+            "if __name__ == '__main__':\n"
+            "    ex = ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=_init_worker, "
+            "initargs=(None, os.getpid()))\n"
+            "    ex.submit(__import__('subprocess').run, ['sh', '-c', 'echo $PPID $$; exec sleep 600'])\n"
+            "    sys.stdin.read()\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    parent = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env=env)
+    worker, busy = map(int, parent.stdout.readline().split())  # the worker is busy running `sleep`
+    try:
+        assert _alive(worker)
+        parent.kill()
+        parent.wait()
+        for _ in range(600):  # the kernel signals at once; poll generously on a loaded machine
+            if not _alive(worker):
+                break
+            subprocess.run(["sleep", "0.1"], check=True)
+        assert not _alive(worker)
+    finally:
+        os.kill(busy, 9)
+
+
+def test_prepare_data_retry_leaves_no_temp_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Temporary files of writers killed mid-write are removed when the run is resumed: the published store and
+    --out hold no temporary files."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    write_run(src / "Pong" / "1" / "replay_logs", [50, 120, 80] * 3, 400, seed=9)
+    merge = convert._merge_shared
+
+    def killed(plan, partial, jobs_dir, shard_frames):  # a writer killed mid-write, then the run interrupted
+        (partial / "obs" / "c" / "0" / "0").mkdir(parents=True, exist_ok=True)
+        (partial / "obs" / "c" / "0" / "0" / ".0.tmp99999").write_bytes(b"torn")
+        (jobs_dir / ".0.job.tmp99999.npz").write_bytes(b"torn")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(convert, "_merge_shared", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_data(PrepareOptions(source=str(src), out=str(out), games=["Pong"], shard_frames=8))
+    monkeypatch.setattr(convert, "_merge_shared", merge)
+    (summary,) = prepare_data(PrepareOptions(source=str(src), out=str(out), games=["Pong"], shard_frames=8))
+    assert summary["status"] == "resumed"
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    st.open_store(out / "Pong.zarr").frames.read_range(0, 10)
+
+
+@pytest.mark.parametrize("config", [{"max_steps": 0}, {"embed_dim": 1 << 20}, {"num_heads": 3}, None, "text"])
+def test_odd_checkpoint_json_is_a_one_line_error(tmp_path: Path, config: object) -> None:
+    """checkpoint.json with max_steps=0, a huge embed_dim (caught from the shapes, nothing allocated), heads that
+    do not divide the width, or no config: a CheckpointError naming the checkpoint, not a traceback."""
+    path = tmp_path / "model"
+    save_world_action(WorldActionModel(WorldActionConfig()), str(path))
+    meta = ckpt.read_json(path / ckpt.META)
+    if isinstance(config, dict):
+        meta["config"].update(config)
+    else:
+        meta["config"] = config
+    ckpt.write_json_atomic(path / ckpt.META, meta)
+    with pytest.raises(ckpt.CheckpointError, match=str(path)):
+        load_world_action(str(path))
+
+
+def test_corrupt_optimizer_state_is_a_one_line_error(tmp_path: Path) -> None:
+    """A truncated optimizer.pt, or one of another model, on --resume: CheckpointError naming the file."""
+    opt = torch.optim.Adam(torch.nn.Linear(3, 2).parameters())
+    good = tmp_path / "optimizer.pt"
+    torch.save(opt.state_dict(), good)
+    ckpt.load_optimizer_state(opt, good)
+    other = tmp_path / "other.pt"
+    torch.save(torch.optim.Adam([*torch.nn.Linear(3, 2).parameters(), torch.zeros(1)]).state_dict(), other)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:100])
+    for bad in (truncated, other, tmp_path / "missing.pt"):
+        with pytest.raises(ckpt.CheckpointError, match=bad.name):
+            ckpt.load_optimizer_state(opt, bad)
+
+
+def test_out_of_range_tokens_are_refused(tmp_path: Path) -> None:
+    """obs_tokens outside the recording tokenizer's vocabulary (the embedding would clamp them) are a StoreError."""
+    path, obs = _small_store(tmp_path / "Pong.zarr")
+    tokens = np.zeros((len(obs), 36), np.int16)
+    tokens[5, 7] = 512
+    arr = zarr.open_group(str(path), mode="r+", zarr_format=3).create_array(
+        "obs_tokens", shape=tokens.shape, dtype="int16", chunks=(4096, 36))
+    arr[:] = tokens
+    arr.attrs["tokenizer_config"] = {"vocab_size": 512}
+    with pytest.raises(st.StoreError, match="outside the tokenizer's vocabulary"):
+        load_obs_tokens(st.open_store(path))
+    arr.attrs["tokenizer_config"] = {"vocab_size": 1024}
+    assert load_obs_tokens(st.open_store(path))[5, 7] == 512
