@@ -200,16 +200,11 @@ def set_value(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Set dotted keys in a nested dict (a copy); intermediate mappings are created when missing."""
-    out = _deepcopy(data)
+    out = data
     for text in overrides:
         keys, value = parse_override(text)
-        node = out
-        for k in keys[:-1]:
-            if not isinstance(node.get(k), dict):
-                node[k] = {}
-            node = node[k]
-        node[keys[-1]] = value
-    return out
+        out = set_value(out, ".".join(keys), value)
+    return _deepcopy(out)
 
 
 def _deepcopy(d: Any) -> Any:
