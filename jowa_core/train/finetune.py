@@ -51,7 +51,7 @@ from jowa_core.train.pretrain import (
     save_checkpoint,
     store_vocab,
 )
-from jowa_core.train.run import MetricsLog, prepare_run, rng_state, set_rng_state
+from jowa_core.train.run import MetricsLog, checkpoint_path, prepare_run, rng_state, set_rng_state
 from jowa_core.train.step import optimizer_step
 
 
@@ -533,7 +533,7 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
         row: dict[str, Any] = {}
         do_eval = cfg.eval_episodes > 0 and (step == total or (cfg.eval_every and step % cfg.eval_every == 0))
         if do_eval:  # a model-only snapshot, evaluated; replaced by the training checkpoint below
-            path = _save_model(out / "checkpoints" / f"step_{step:08d}", model, saved_tok, step, stage, cfg, extra)
+            path = _save_model(checkpoint_path(out, step), model, saved_tok, step, stage, cfg, extra)
             rng = rng_state(device)  # the evaluation must not change the training's random streams
             g = evaluator(path, eval_tok(path), step, out / "evals" / f"step_{step:08d}.json")
             set_rng_state(rng, device)

@@ -28,7 +28,7 @@ from jowa_core import checkpoint as ckpt
 from jowa_core import devices
 from jowa_core import dist as jdist
 from jowa_core.config import check_bounds, from_dict, save_yaml, to_dict
-from jowa_core.constants import CHECKPOINTS_DIR, CONFIG_FILE, FINAL_DIR, OBS_TOKENS, OPTIMIZER_FILE, STATE_FILE
+from jowa_core.constants import CONFIG_FILE, FINAL_DIR, OBS_TOKENS, OPTIMIZER_FILE, STATE_FILE
 from jowa_core.data.segments import make_loader
 from jowa_core.games import resolve as resolve_games
 from jowa_core.models.losses import cql_loss, expected_q, td_loss, world_losses
@@ -36,7 +36,7 @@ from jowa_core.models.lpips import load_lpips
 from jowa_core.models.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer, save_tokenizer
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, segment_tokens
 from jowa_core.progress import NullReporter
-from jowa_core.train.run import MetricsLog, prepare_run, rng_state, set_rng_state, training_checkpoint
+from jowa_core.train.run import MetricsLog, checkpoint_path, prepare_run, rng_state, set_rng_state, training_checkpoint
 from jowa_core.train.step import optimizer_step
 
 
@@ -219,7 +219,7 @@ def save_checkpoint(out: Path, model: WorldActionModel, opt: torch.optim.Optimiz
             save_yaml(cfg, tmp / CONFIG_FILE)
             if joint_tok is not None:
                 joint_tok.save(tmp)
-    return out / CHECKPOINTS_DIR / f"step_{state['step']:08d}"
+    return checkpoint_path(out, state["step"])
 
 
 def load_checkpoint(path: Path, model: WorldActionModel, opt: torch.optim.Optimizer,

@@ -53,15 +53,19 @@ def set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["torch_cuda"], device)
 
 
+def checkpoint_path(out: Path, step: int) -> Path:
+    """Where the training checkpoint of ``step`` lives: ``out/checkpoints/step_XXXXXXXX``."""
+    return out / CHECKPOINTS_DIR / f"step_{step:08d}"
+
+
 @contextmanager
 def training_checkpoint(out: Path, step: int, keep: int, ctx: jdist.DistContext | None = None) -> Iterator[Path]:
     """``out/checkpoints/step_XXXXXXXX``, complete or absent: yields a hidden directory that every rank may write
     into (once it exists, on every rank); rank 0 then renames it into place and
     keeps the newest ``keep`` checkpoints (0 = all)."""
     ctx = ctx or jdist.DistContext()
-    name = f"step_{step:08d}"
-    root = out / CHECKPOINTS_DIR
-    tmp, final = root / f".{name}.partial", root / name
+    final = checkpoint_path(out, step)
+    name, tmp = final.name, final.with_name(f".{final.name}.partial")
     if ctx.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

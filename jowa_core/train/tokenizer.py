@@ -41,13 +41,13 @@ from jowa_core import checkpoint as ckpt
 from jowa_core import devices
 from jowa_core import games as registry
 from jowa_core.config import ConfigError, save_yaml, to_dict
-from jowa_core.constants import CHECKPOINTS_DIR, CONFIG_FILE, FINAL_DIR, OPTIMIZER_FILE, STATE_FILE
+from jowa_core.constants import CONFIG_FILE, FINAL_DIR, OPTIMIZER_FILE, STATE_FILE
 from jowa_core.data.store import FRAME_SHAPE, FrameReader, GameStore, StoreError, list_stores, open_store
 from jowa_core.devices import pick_device
 from jowa_core.models.lpips import LPIPS, load_lpips
 from jowa_core.models.tokenizer import KIND, Tokenizer, TokenizerConfig, restart_dead_codes, tokenizer_tensors
 from jowa_core.progress import NullReporter, Reporter
-from jowa_core.train.run import MetricsLog, prepare_run, rng_state, set_rng_state, training_checkpoint
+from jowa_core.train.run import MetricsLog, checkpoint_path, prepare_run, rng_state, set_rng_state, training_checkpoint
 from jowa_core.train.step import optimizer_step
 
 METRIC_COLUMNS = (
@@ -260,7 +260,7 @@ def save_training_checkpoint(out: Path, step: int, model: Tokenizer, opt: torch.
         torch.save(opt.state_dict(), tmp / OPTIMIZER_FILE)
         ckpt.save_tensors(tmp / "rng.safetensors", {**rng_state(device), "code_age": code_age.cpu()})
         ckpt.write_json_atomic(tmp / STATE_FILE, {"step": step, "data": data_info})
-    return out / CHECKPOINTS_DIR / f"step_{step:08d}"
+    return checkpoint_path(out, step)
 
 
 def _check_resumable(path: Path, cfg: TokenizerTrainConfig, data_info: list[dict[str, Any]]) -> int:
