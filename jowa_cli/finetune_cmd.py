@@ -31,6 +31,13 @@ def finetune(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint (same config).")
     ] = False,
+    online: Annotated[
+        bool, typer.Option("--online", help="Fine-tune while playing the game (docs/online.md); --data optional.")
+    ] = False,
+    env_steps: Annotated[int, typer.Option(help="--online: environment steps in all (sets env_steps).")] = 0,
+    rehearsal_data: Annotated[
+        str, typer.Option(help="--online: tokenized pretraining stores for retrieval-based rehearsal.")
+    ] = "",
     json_out: Annotated[str, typer.Option("--json", help="Write the JSON summary here ('-' for stdout).")] = "",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
@@ -43,7 +50,17 @@ def finetune(
 
     Example: jowa finetune --ckpt runs/jowa150m --tokenizer runs/tok --game Pong --data data/ft/Pong.zarr
     --out runs/ft-pong
+
+    --online: the agent plays the game in the emulator and learns from its own replay (<out>/replay/<Game>.zarr),
+    optionally mixed with --data (offline_fraction) and retrieved --rehearsal-data segments (rehearsal_fraction);
+    overrides are OnlineConfig keys (utd, eps_*, guide_*, ...). Example: jowa finetune --online --game Pong
+    --env-steps 100000 --ckpt runs/jowa150m --tokenizer runs/tok --out runs/online-pong
     """
+    if online:
+        return _online(overrides, ckpt, tokenizer, game, data, out, config, from_scratch, resume, env_steps,
+                       rehearsal_data, json_out, quiet)
+    if env_steps or rehearsal_data:
+        raise ValueError("--env-steps and --rehearsal-data need --online")
     from jowa_core.config import load_config
     from jowa_core.recipes.finetune import run_finetune as run
     from jowa_core.train.finetune import FinetuneConfig
@@ -59,6 +76,30 @@ def finetune(
     reporter = make_reporter(quiet=quiet)
     try:
         summary = run(cfg, ckpt, tokenizer, game, data, out, resume=resume, reporter=reporter)
+    finally:
+        reporter.close()
+    emit_json(summary, json_out or None)
+
+
+def _online(overrides: list[str] | None, ckpt: str, tokenizer: str, game: str, data: str, out: str, config: str,
+            from_scratch: bool, resume: bool, env_steps: int, rehearsal_data: str, json_out: str, quiet: bool) -> None:
+    from jowa_core.config import load_config
+    from jowa_core.recipes.online import run_online
+    from jowa_core.train.online import OnlineConfig
+
+    for name, value in (("--ckpt", ckpt), ("--tokenizer", tokenizer), ("--game", game), ("--out", out)):
+        if not value:
+            raise ValueError(f"{name} is required")
+    extra = list(overrides or [])
+    if from_scratch:
+        extra.append("from_scratch=true")
+    if env_steps:
+        extra.append(f"env_steps={env_steps}")
+    cfg = load_config(OnlineConfig, config or None, extra)
+    reporter = make_reporter(quiet=quiet)
+    try:
+        summary = run_online(cfg, ckpt, tokenizer, game, out, data=data or None,
+                             rehearsal_data=rehearsal_data or None, resume=resume, reporter=reporter)
     finally:
         reporter.close()
     emit_json(summary, json_out or None)

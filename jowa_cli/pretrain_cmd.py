@@ -21,6 +21,9 @@ def pretrain(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint.")
     ] = False,
+    reward_free: Annotated[
+        bool, typer.Option("--reward-free", help="World losses without rewards, stage 1 only (train.reward_free).")
+    ] = False,
     json_out: Annotated[str, typer.Option("--json", help="Write a JSON summary here ('-' for stdout).")] = "",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
@@ -39,7 +42,8 @@ def pretrain(
 
     if not out:
         raise ValueError("--out is required (the run directory)")
-    cfg = load_config(PretrainConfig, config or None, list(overrides or []), {"data.path": data} if data else None)
+    extra = list(overrides or []) + (["train.reward_free=true"] if reward_free else [])
+    cfg = load_config(PretrainConfig, config or None, extra, {"data.path": data} if data else None)
     import os
 
     reporter = make_reporter(quiet=quiet or os.environ.get("RANK", "0") != "0")  # torchrun: rank 0 reports

@@ -224,14 +224,12 @@ def run_online(cfg: OnlineConfig, ckpt_path: str | os.PathLike, tokenizer: str |
             if learner.step % cfg.log_every == 0:
                 _log_row(log, sums, n_sum, learner.step, env_step, state, eps, p_guide, t0)
                 sums, n_sum = {}, 0
-        due_eval = cfg.eval_episodes > 0 and (env_step >= cfg.env_steps or
-                                              (cfg.eval_every and env_step // cfg.eval_every > before // cfg.eval_every))
+        due_eval = cfg.eval_episodes > 0 and (env_step >= cfg.env_steps or _crossed(before, env_step, cfg.eval_every))
         if due_eval:
             row = _evaluate(out, model, learner.step, env_step, extra, evaluator, tokenizer, state, device, reporter)
             _log_row(log, sums, n_sum, learner.step, env_step, state, eps, p_guide, t0, row)
             sums, n_sum = {}, 0
-        due_save = cfg.save_every and env_step // cfg.save_every > before // cfg.save_every
-        if due_save or due_eval or env_step >= stop_at:
+        if _crossed(before, env_step, cfg.save_every) or due_eval or env_step >= stop_at:
             checkpoint()
     envs.close()
     if env_step < cfg.env_steps:
@@ -250,6 +248,11 @@ def run_online(cfg: OnlineConfig, ckpt_path: str | os.PathLike, tokenizer: str |
     ckpt.write_json_atomic(out / SUMMARY_FILE, summary)
     log.close()
     return summary
+
+
+def _crossed(before: int, now: int, every: int) -> bool:
+    """A multiple of ``every`` (0: never) lies in (before, now]."""
+    return bool(every) and now // every > before // every
 
 
 def _act(agent: Agent, guide: Agent | None, obs: np.ndarray, eps: float, p_guide: float,

@@ -25,7 +25,7 @@ from torch import Tensor
 from jowa_core import devices
 from jowa_core import dist as jdist
 from jowa_core.config import check_bounds, to_dict
-from jowa_core.data.replay import SegmentTable, mix_counts
+from jowa_core.data.replay import SegmentTable
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, segment_tokens
 from jowa_core.train.finetune import finetune_loss
 from jowa_core.train.pretrain import adamw, load_checkpoint, save_checkpoint
