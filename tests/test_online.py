@@ -28,6 +28,7 @@ from jowa_core.recipes.online import run_online
 from jowa_core.train.online import (
     OnlineConfig,
     guide_probability,
+    guide_window,
     linear_schedule,
     mixed_batch,
     nearest_neighbours,
@@ -117,6 +118,12 @@ def test_schedules():
     assert [guide_probability(cfg, s) for s in (0, 10, 40, 400)] == pytest.approx([0.8, 0.6, 0.0, 0.0])
     with pytest.raises(Exception, match="eps_start"):
         small(eps_start=1.5)
+    rng = np.random.default_rng(0)
+    assert {guide_window(rng, 0.0, 10, 5) for _ in range(100)} == {(0, 0)}
+    draws = [guide_window(rng, 1.0, 10, 5) for _ in range(2000)]
+    assert {s for s, _ in draws} == set(range(11)) and {n for _, n in draws} == set(range(1, 6))
+    hits = sum(guide_window(rng, 0.3, 10, 5)[1] > 0 for _ in range(10_000))
+    assert abs(hits / 10_000 - 0.3) < 0.02  # 4.4 standard errors
 
 
 def test_nearest_neighbours_match_brute_force():
@@ -226,10 +233,12 @@ def test_online_mixes_offline_rehearsal_and_guidance(setup, tmp_path):
     first = run_online(small(eval_episodes=0, env_steps=100), setup["model"], setup["tok"], GAME, tmp_path / "a")
     store = Path(first["replay"])
     cfg = small(env_steps=110, eval_episodes=0, offline_fraction=0.25, rehearsal_fraction=0.25, rehearsal_episodes=2,
-                rehearsal_k=2, rehearsal_pool=50, guide_prob_start=0.5, guide_decay_steps=100, plan=True)
+                rehearsal_k=2, rehearsal_pool=50, guide_prob_start=1.0, guide_decay_steps=1000, guide_max_start=5,
+                guide_max_length=20, plan=True)
     s = run_online(cfg, setup["model"], setup["tok"], GAME, tmp_path / "b", data=store, rehearsal_data=store)
     assert s["batch_mix"] == {"online": 4, "offline": 2, "rehearsal": 2}
     assert 0 < s["retrieved_segments"] <= 2 * 2 * 7  # k per query segment of two 50-step episodes
+    assert 0 < s["guided_steps"] <= 2 * 2 * 20  # two episodes per environment began (110 steps), 20 steps at most
     with pytest.raises(ValueError, match="needs --data"):
         run_online(small(offline_fraction=0.5), setup["model"], setup["tok"], GAME, tmp_path / "c")
     assert not (tmp_path / "c").exists()

@@ -44,6 +44,7 @@ from jowa_core.train.online import (
     check_resume,
     epsilon,
     guide_probability,
+    guide_window,
     input_paths,
     mixed_batch,
     retrieve,
@@ -55,7 +56,7 @@ from jowa_core.train.run import MetricsLog, prepare_run, rng_state, set_rng_stat
 
 REPLAY_DIR = "replay"
 EVAL_SEED = 1_000_000  # evaluation episodes never share the training environments' seeds
-METRICS = ["step", "env_steps", "episodes", "train_return", "epsilon", "guide_prob", "loss", "world_obs",
+METRICS = ["step", "updates", "episodes", "train_return", "epsilon", "guide_prob", "loss", "world_obs",
            "world_reward", "world_end", "td", "action_loss", "q_taken", "q_max", "grad_norm", "eval_mean",
            "eval_iqm", "best_mean", "elapsed_s"]
 
@@ -161,7 +162,7 @@ def run_online(cfg: OnlineConfig, ckpt_path: str | os.PathLike, tokenizer: str |
 
     learner = OnlineLearner(model, cfg, device)
     state: dict[str, Any] = {"evals": [], "best": None, "retrieved": None, "elapsed_s": 0.0,
-                             "train_returns": [], "rng": None}
+                             "train_returns": [], "rng": None, "guided_steps": 0}
     replay = None
     if resume_from is not None:
         state.update(learner.load(resume_from))
@@ -175,7 +176,7 @@ def run_online(cfg: OnlineConfig, ckpt_path: str | os.PathLike, tokenizer: str |
     out.mkdir(parents=True, exist_ok=True)
     run_cfg = OnlineRunConfig(model.cfg, cfg, inputs)
     save_yaml(run_cfg, out / CONFIG_FILE)
-    log = MetricsLog(out, METRICS, learner.step)
+    log = MetricsLog(out, METRICS, int(state.get("env_steps", 0)))  # rows by environment step
     evaluator = _evaluator(cfg, info.name, str(device)) if cfg.eval_episodes else None
     extra = {"games": [info.name], "gamma": cfg.gamma, "game": info.name, "task_id": info.task_id,
              "source": str(ckpt_path), "tokens_tokenizer_sha256": tok_sha}
@@ -199,13 +200,20 @@ def run_online(cfg: OnlineConfig, ckpt_path: str | os.PathLike, tokenizer: str |
                      retrieved=retrieved.tolist() if retrieved is not None else None, games=[info.name])
         learner.save(out, state, run_cfg, tok_sha)
 
+    windows = _Guidance(cfg, rng) if guide_agent else None
     while env_step < stop_at:
         eps, p_guide = epsilon(cfg, env_step), guide_probability(cfg, env_step) if guide_agent else 0.0
-        actions = _act(agent, guide_agent, envs.obs, eps, p_guide, rng)
+        if windows is not None:
+            windows.start_episodes(p_guide)
+        guided = windows.guided() if windows else None
+        actions = _act(agent, guide_agent, envs.obs, eps, guided)
+        state["guided_steps"] += int(guided.sum()) if guided is not None else 0
         frames, tokens = envs.obs.copy(), _current_tokens(agent)
         reward, game_over, ended, finished = envs.step(actions)
         replay.add(frames, tokens, actions, np.clip(reward, -1, 1).astype(np.float32), game_over, ended)
         state["train_returns"].extend(finished)
+        if windows is not None:
+            windows.advance(ended)
         for a in (agent, guide_agent):
             if a is not None and ended.any():
                 a.reset(np.flatnonzero(ended))
@@ -244,6 +252,7 @@ def run_online(cfg: OnlineConfig, ckpt_path: str | os.PathLike, tokenizer: str |
                "replay": str(out / REPLAY_DIR / f"{info.name}.zarr"), "batch_mix": dict(zip(
                    ("online", "offline", "rehearsal"), counts, strict=True)),
                "retrieved_segments": len(retrieved) if retrieved is not None else 0,
+               "guided_steps": state["guided_steps"],
                "param_fingerprint": param_fingerprint(model), "config": to_dict(cfg)}
     ckpt.write_json_atomic(out / SUMMARY_FILE, summary)
     log.close()
@@ -255,17 +264,42 @@ def _crossed(before: int, now: int, every: int) -> bool:
     return bool(every) and now // every > before // every
 
 
-def _act(agent: Agent, guide: Agent | None, obs: np.ndarray, eps: float, p_guide: float,
-         rng: np.random.Generator) -> np.ndarray:
-    """Full actions (N,): the agent's (epsilon-greedy or planned) or, with probability ``p_guide`` per
-    environment, the guide's greedy action; both agents remember the action actually taken."""
+class _Guidance:
+    """Each environment's execution-guidance window in its current episode (``guide_window``)."""
+
+    def __init__(self, cfg: OnlineConfig, rng: np.random.Generator):
+        self.cfg, self.rng = cfg, rng
+        n = cfg.num_envs
+        self.t = np.zeros(n, np.int64)  # step within the episode
+        self.start, self.length = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        self.fresh = np.ones(n, bool)  # a new episode starts: draw its window
+
+    def start_episodes(self, p: float) -> None:
+        for i in np.flatnonzero(self.fresh):
+            self.start[i], self.length[i] = guide_window(self.rng, p, self.cfg.guide_max_start,
+                                                         self.cfg.guide_max_length)
+        self.fresh[:] = False
+
+    def guided(self) -> np.ndarray | None:
+        """(N,) bool: the guide acts now; None when no window is open or to come (the guide need not run)."""
+        if not (self.start + self.length > self.t).any():
+            return None
+        return (self.t >= self.start) & (self.t < self.start + self.length)
+
+    def advance(self, ended: np.ndarray) -> None:
+        self.t = np.where(ended, 0, self.t + 1)
+        self.fresh |= ended
+
+
+def _act(agent: Agent, guide: Agent | None, obs: np.ndarray, eps: float, guided: np.ndarray | None) -> np.ndarray:
+    """Full actions (N,): the agent's (epsilon-greedy or planned), the guide's greedy action where ``guided``;
+    both agents remember the action actually taken. The guide sees every observation while a window is open
+    or to come, so its context is complete when it acts."""
     agent.model.eval()
     agent.epsilon = eps
     actions = agent.act(obs)
-    if guide is not None:
-        guided = guide.act(obs)
-        use = rng.random(len(actions)) < p_guide
-        actions = np.where(use, guided, actions)
+    if guide is not None and guided is not None:
+        actions = np.where(guided, guide.act(obs), actions)
         guide.observe_action(actions)
     agent.observe_action(actions)
     return actions
@@ -326,7 +360,7 @@ def _log_row(log: MetricsLog, sums: dict[str, float], n: int, step: int, env_ste
              eps: float, p_guide: float, t0: float, extra: dict[str, Any] | None = None) -> None:
     recent = state["train_returns"][-20:]
     row = {k: v / n for k, v in sums.items()} if n else {}
-    row.update(extra or {}, step=step, env_steps=env_step, episodes=len(state["train_returns"]),
+    row.update(extra or {}, step=env_step, updates=step, episodes=len(state["train_returns"]),
                train_return=float(np.mean(recent)) if recent else None, epsilon=eps, guide_prob=p_guide,
                elapsed_s=time.perf_counter() - t0)
     log.write(row)

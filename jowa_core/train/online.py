@@ -43,7 +43,8 @@ class OnlineConfig:
         "target_update_every": (1, None), "eps_start": (0, 1), "eps_end": (0, 1), "eps_decay_steps": (0, None),
         "beam": (1, None), "horizon": (1, None), "offline_fraction": (0, 1), "rehearsal_fraction": (0, 1),
         "rehearsal_episodes": (1, None), "rehearsal_k": (1, None), "rehearsal_pool": (1, None),
-        "guide_prob_start": (0, 1), "guide_decay_steps": (0, None), "sticky_actions": (0, 1),
+        "guide_prob_start": (0, 1), "guide_decay_steps": (0, None), "guide_max_start": (0, None),
+        "guide_max_length": (1, None), "sticky_actions": (0, 1),
         "max_episode_steps": (0, None), "eval_every": (0, None), "eval_episodes": (0, None),
         "eval_max_frames": (1, None), "eval_beam": (1, None), "eval_horizon": (1, None), "save_every": (0, None),
         "keep_checkpoints": (0, None), "log_every": (1, None), "stop_after": (1, None),
@@ -75,9 +76,13 @@ class OnlineConfig:
     rehearsal_episodes: int = 2  # the first online episodes whose segments are the retrieval queries
     rehearsal_k: int = 8  # nearest pretraining segments per query segment
     rehearsal_pool: int = 20_000  # pretraining segments embedded (a uniform sample of --rehearsal-data's rows)
-    # WPT execution guidance: act with the guide's greedy action with a probability decaying to 0
+    # WPT execution guidance: at the start of each episode, with a probability decaying linearly from
+    # guide_prob_start to 0 over guide_decay_steps env steps, the guide acts for a window of the episode (its start
+    # uniform in [0, guide_max_start], its length uniform in [1, guide_max_length]); the agent acts elsewhere
     guide_prob_start: float = 0.0
     guide_decay_steps: int = 10_000
+    guide_max_start: int = 100
+    guide_max_length: int = 100
     guide_ckpt: str | None = None  # the guide policy (greedy Q̂ of a world-action checkpoint); None: --ckpt's
     # environments (training: Dopamine/DQN-Replay settings; rewards stored clipped, returns logged raw)
     sticky_actions: float = 0.25
@@ -144,6 +149,15 @@ def epsilon(cfg: OnlineConfig, env_step: int) -> float:
 
 def guide_probability(cfg: OnlineConfig, env_step: int) -> float:
     return linear_schedule(env_step, cfg.guide_prob_start, 0.0, cfg.guide_decay_steps)
+
+
+def guide_window(rng: np.random.Generator, p: float, max_start: int, max_length: int) -> tuple[int, int]:
+    """WPT's (and JSRL's) per-episode guidance: with probability ``p`` the guide acts for steps
+    ``[start, start + length)`` of the new episode, start uniform in [0, max_start], length in [1, max_length];
+    ``(0, 0)`` otherwise."""
+    if rng.random() >= p:
+        return 0, 0
+    return int(rng.integers(0, max_start + 1)), int(rng.integers(1, max_length + 1))
 
 
 # --------------------------------------------------------------------------------------------------------
