@@ -25,6 +25,7 @@ from jowa_core.data.store import open_store
 from jowa_core.models.tokenizer import Tokenizer, TokenizerConfig, save_tokenizer
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, save_world_action
 from jowa_core.recipes.online import run_online
+from jowa_core.train.finetune import FinetuneConfig, finetune
 from jowa_core.train.online import (
     OnlineConfig,
     guide_probability,
@@ -225,6 +226,11 @@ def test_online_run_on_catch(setup, tmp_path):
     st = open_store(out / "replay" / f"{GAME}.zarr")
     assert st.num_steps == 120 and st.game == GAME
     assert st.episode_length.sum() == 120 and int(st.terminal.sum()) == len(s["train_returns"])  # 50-step games
+    # the replay is a store offline fine-tuning reads (its obs_tokens, frozen tokenizer)
+    ft = finetune(from_dict(FinetuneConfig, {"stage1_steps": 2, "stage2_steps": 0, "batch_size": 4, "eval_episodes": 0,
+                                             "train_tokenizer": False, "device": "cpu", "save_every": 0}),
+                  out / "final", setup["tok"], GAME, out / "replay" / f"{GAME}.zarr", tmp_path / "ft")
+    assert ft["step"] == 2
 
 
 def test_online_mixes_offline_rehearsal_and_guidance(setup, tmp_path):

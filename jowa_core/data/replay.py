@@ -179,9 +179,11 @@ class ReplayBuffer(SegmentTable):
         start = np.concatenate([[0], np.cumsum(length)[:-1]]).astype(np.int64)
         return order, start, length.astype(np.int64)
 
-    def save(self, root: Path, tokenizer_sha256: str, attrs: dict[str, Any] | None = None) -> Path:
-        """Write the replay as ``root/<Game>.zarr`` (with ``obs_tokens``); the previous store stays readable until
-        the new one is complete (``root/.<Game>.zarr.old`` in between; ``load`` finds either)."""
+    def save(self, root: Path, tokenizer_sha256: str, attrs: dict[str, Any] | None = None,
+             tokenizer_config: dict[str, Any] | None = None) -> Path:
+        """Write the replay as ``root/<Game>.zarr`` with ``obs_tokens`` (attributes as ``jowa tokenize`` writes:
+        ``tokenizer_sha256``, ``tokenizer_config``); the previous store stays readable until the new one is
+        complete (``root/.<Game>.zarr.old`` in between; ``load`` finds either). ``attrs``: provenance."""
         if self._n == 0:
             raise ValueError("the replay is empty")
         root.mkdir(parents=True, exist_ok=True)
@@ -196,7 +198,8 @@ class ReplayBuffer(SegmentTable):
         zarr.create_array(store=str(building / OBS_TOKENS), data=self.tokens[order],
                           chunks=(max(1, min(self._n, 65536)), TOKENS_PER_OBS),
                           compressors=ZstdCodec(level=3, checksum=True), zarr_format=3,
-                          attributes={"tokenizer_sha256": tokenizer_sha256, "num_frames": self._n})
+                          attributes={"tokenizer_sha256": tokenizer_sha256, "num_frames": self._n,
+                                      "tokenizer_config": tokenizer_config or {}})
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)

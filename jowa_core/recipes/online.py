@@ -195,7 +195,7 @@ def run_online(cfg: OnlineConfig, ckpt_path: str | os.PathLike, tokenizer: str |
     reporter.advance(task, env_step)
 
     def checkpoint() -> None:
-        replay.save(out / REPLAY_DIR, tok_sha, {"seed": cfg.seed, "source": str(ckpt_path)})
+        replay.save(out / REPLAY_DIR, tok_sha, {"seed": cfg.seed, "source": str(ckpt_path)}, to_dict(tok.cfg))
         state.update(rng=rng_to_json(rng), elapsed_s=time.perf_counter() - t0, env_steps=len(replay),
                      retrieved=retrieved.tolist() if retrieved is not None else None, games=[info.name])
         learner.save(out, state, run_cfg, tok_sha)
