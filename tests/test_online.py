@@ -233,6 +233,15 @@ def test_online_run_on_catch(setup, tmp_path):
     assert ft["step"] == 2
 
 
+def test_online_run_on_an_ale_game(setup, tmp_path):
+    """Pong in the emulator, tiny: acting, replay, updates, the paper's evaluation protocol on ale-py."""
+    s = run_online(small(env_steps=60, learning_starts=20, eval_every=0, eval_max_frames=200, eval_backend="auto"),
+                   setup["model"], setup["tok"], "Pong", tmp_path / "pong")
+    assert s["finished"] and s["step"] == 10 and len(s["evals"]) == 1
+    st = open_store(tmp_path / "pong" / "replay" / "Pong.zarr")
+    assert st.num_steps == 60 and set(np.unique(st.action)) <= set(games.get("Pong").minimal_actions)
+
+
 def test_online_mixes_offline_rehearsal_and_guidance(setup, tmp_path):
     """A first run's replay store serves as the offline store and as the rehearsal pool of a second run, which also
     acts with execution guidance and beam-search planning."""
