@@ -286,6 +286,5 @@ def test_cli_resume_after_kill_keeps_the_replay(setup, tmp_path):
     assert s["finished"] and s["env_steps"] == 400 and s["step"] == math.floor((400 - 40) * 0.25)
     st = open_store(out / "replay" / f"{GAME}.zarr")
     assert st.num_steps == 400
-    bad = subprocess.run(_cli(*args[:-1], "device=cpu", "--resume", "utd=0.5"), env=env, capture_output=True,
-                         text=True, timeout=120)
-    assert bad.returncode == 2 and "not empty" not in bad.stderr
+    bad = subprocess.run(_cli(*args, "--resume", "utd=0.5"), env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "utd (0.25 in the run, 0.5 now)" in bad.stderr

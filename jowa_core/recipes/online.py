@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -129,15 +130,27 @@ def _current_tokens(agent: Agent) -> np.ndarray:
     return agent.obs_tokens[rows, last].cpu().numpy().astype(np.int16)
 
 
-def run_online(cfg: OnlineConfig, ckpt_path: str | os.PathLike, tokenizer: str | os.PathLike, game: str,
-               out: str | os.PathLike, data: str | os.PathLike | None = None,
-               rehearsal_data: str | os.PathLike | None = None, resume: bool = False,
-               reporter=None) -> dict[str, Any]:
-    """Online fine-tuning of ``ckpt_path`` on ``game`` into ``out`` (module docstring); returns the summary."""
-    reporter = reporter or NullReporter()
+@dataclass
+class _Inputs:
+    """What a run reads, loaded and checked before anything is written."""
+
+    info: _games.GameInfo
+    device: torch.device
+    tok: Any  # the frozen tokenizer
+    tok_sha: str
+    model: WorldActionModel
+    offline: SegmentTable | None  # --data
+    pool: SegmentTable | None  # --rehearsal-data
+    guide: WorldActionModel | None
+    inputs: dict[str, str]  # resolved paths, recorded in config.yaml and checked on resume
+    resume_from: Path | None
+
+
+def _open_inputs(cfg: OnlineConfig, ckpt_path: str | os.PathLike, tokenizer: str | os.PathLike, game: str,
+                 out: Path, data: str | os.PathLike | None, rehearsal_data: str | os.PathLike | None,
+                 resume: bool) -> _Inputs:
     info = _games.get(game)
     check_config(cfg, bool(data), bool(rehearsal_data))
-    out = Path(out)
     device = pick_device(cfg.device, 0)
     resume_from = prepare_run(out, resume)
     tok = load_tokenizer(tokenizer, device).requires_grad_(False)
@@ -159,6 +172,21 @@ def run_online(cfg: OnlineConfig, ckpt_path: str | os.PathLike, tokenizer: str |
     if cfg.from_scratch:
         torch.manual_seed(cfg.seed)
         model = WorldActionModel(model.cfg).to(device)
+    return _Inputs(info, device, tok, tok_sha, model, offline, pool, guide, inputs, resume_from)
+
+
+def run_online(cfg: OnlineConfig, ckpt_path: str | os.PathLike, tokenizer: str | os.PathLike, game: str,
+               out: str | os.PathLike, data: str | os.PathLike | None = None,
+               rehearsal_data: str | os.PathLike | None = None, resume: bool = False,
+               reporter=None) -> dict[str, Any]:
+    """Online fine-tuning of ``ckpt_path`` on ``game`` into ``out`` (module docstring); returns the summary.
+    ``data``: the game's tokenized offline store (``offline_fraction``); ``rehearsal_data``: tokenized pretraining
+    stores to retrieve from (``rehearsal_fraction``); ``resume``: continue the run in ``out``."""
+    reporter = reporter or NullReporter()
+    out = Path(out)
+    run = _open_inputs(cfg, ckpt_path, tokenizer, game, out, data, rehearsal_data, resume)
+    info, device, tok, tok_sha, model = run.info, run.device, run.tok, run.tok_sha, run.model
+    offline, pool, guide, resume_from = run.offline, run.pool, run.guide, run.resume_from
 
     learner = OnlineLearner(model, cfg, device)
     state: dict[str, Any] = {"evals": [], "best": None, "retrieved": None, "elapsed_s": 0.0,
@@ -174,7 +202,7 @@ def run_online(cfg: OnlineConfig, ckpt_path: str | os.PathLike, tokenizer: str |
     replay = replay or ReplayBuffer(info.name, cfg.num_envs)
     rng = rng_from_json(state["rng"]) if state["rng"] else np.random.default_rng(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
-    run_cfg = OnlineRunConfig(model.cfg, cfg, inputs)
+    run_cfg = OnlineRunConfig(model.cfg, cfg, run.inputs)
     save_yaml(run_cfg, out / CONFIG_FILE)
     log = MetricsLog(out, METRICS, int(state.get("env_steps", 0)))  # rows by environment step
     evaluator = _evaluator(cfg, info.name, str(device)) if cfg.eval_episodes else None
@@ -219,7 +247,7 @@ def run_online(cfg: OnlineConfig, ckpt_path: str | os.PathLike, tokenizer: str |
                 a.reset(np.flatnonzero(ended))
         before, env_step = env_step, len(replay)
         reporter.advance(task, env_step - before)
-        if pool is not None and retrieved is None and len(replay.finished) >= cfg.rehearsal_episodes:
+        if cfg.rehearsal_fraction and retrieved is None and len(replay.finished) >= cfg.rehearsal_episodes:
             retrieved = _retrieve(model, replay, pool, cfg, info.task_id, rng)
             reporter.log(f"rehearsal: {len(retrieved)} pretraining segments retrieved")
         owed = math.floor(max(env_step - cfg.learning_starts, 0) * cfg.utd) - learner.step
