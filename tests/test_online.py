@@ -267,7 +267,7 @@ def test_cli_resume_after_kill_keeps_the_replay(setup, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "run"
     args = ["--game", GAME, "--ckpt", str(setup["model"]), "--tokenizer", str(setup["tok"]), "--out", str(out),
-            "--env-steps", "400", "num_envs=2", "learning_starts=40", "utd=0.25", "batch_size=8", "eval_episodes=0",
+            "--env-steps", "200", "num_envs=2", "learning_starts=40", "utd=0.25", "batch_size=8", "eval_episodes=0",
             "save_every=40", "sticky_actions=0", "device=cpu"]
     proc = subprocess.Popen(_cli(*args), env=env, stderr=subprocess.PIPE)
     deadline = time.time() + 300
@@ -283,8 +283,8 @@ def test_cli_resume_after_kill_keeps_the_replay(setup, tmp_path):
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     s = json.loads((tmp_path / "s.json").read_text())
-    assert s["finished"] and s["env_steps"] == 400 and s["step"] == math.floor((400 - 40) * 0.25)
+    assert s["finished"] and s["env_steps"] == 200 and s["step"] == math.floor((200 - 40) * 0.25)
     st = open_store(out / "replay" / f"{GAME}.zarr")
-    assert st.num_steps == 400
+    assert st.num_steps == 200
     bad = subprocess.run(_cli(*args, "--resume", "utd=0.5"), env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "utd (0.25 in the run, 0.5 now)" in bad.stderr
