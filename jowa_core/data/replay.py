@@ -175,7 +175,7 @@ class ReplayBuffer(SegmentTable):
         """Rows in store order (episodes contiguous, by id, steps in time order), episode starts and lengths."""
         ep = self.episode[:self._n]
         order = np.lexsort((np.arange(self._n), ep))
-        ids, length = np.unique(ep[order], return_counts=True)
+        _, length = np.unique(ep[order], return_counts=True)
         start = np.concatenate([[0], np.cumsum(length)[:-1]]).astype(np.int64)
         return order, start, length.astype(np.int64)
 

@@ -199,7 +199,7 @@ def run_online(cfg: OnlineConfig, ckpt_path: str | os.PathLike, tokenizer: str |
                      f"{len(replay) if replay else 0} environment steps in the replay")
     else:
         torch.manual_seed(cfg.seed)
-    replay = replay or ReplayBuffer(info.name, cfg.num_envs)
+    replay = replay or ReplayBuffer(info.name, cfg.num_envs, capacity=cfg.env_steps + cfg.num_envs)  # no regrowth
     rng = rng_from_json(state["rng"]) if state["rng"] else np.random.default_rng(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     run_cfg = OnlineRunConfig(model.cfg, cfg, run.inputs)
