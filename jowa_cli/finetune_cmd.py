@@ -83,13 +83,13 @@ def finetune(
 
 def _online(overrides: list[str] | None, ckpt: str, tokenizer: str, game: str, data: str, out: str, config: str,
             from_scratch: bool, resume: bool, env_steps: int, rehearsal_data: str, json_out: str, quiet: bool) -> None:
+    for name, value in (("--ckpt", ckpt), ("--tokenizer", tokenizer), ("--game", game), ("--out", out)):
+        if not value:
+            raise ValueError(f"{name} is required")
     from jowa_core.config import load_config
     from jowa_core.recipes.online import run_online
     from jowa_core.train.online import OnlineConfig
 
-    for name, value in (("--ckpt", ckpt), ("--tokenizer", tokenizer), ("--game", game), ("--out", out)):
-        if not value:
-            raise ValueError(f"{name} is required")
     extra = list(overrides or [])
     if from_scratch:
         extra.append("from_scratch=true")

@@ -288,3 +288,16 @@ def test_cli_resume_after_kill_keeps_the_replay(setup, tmp_path):
     assert st.num_steps == 200
     bad = subprocess.run(_cli(*args, "--resume", "utd=0.5"), env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "utd (0.25 in the run, 0.5 now)" in bad.stderr
+
+
+def test_cli_bad_input_exits_2(setup, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    base = ["--game", GAME, "--ckpt", str(setup["model"]), "--tokenizer", str(setup["tok"]),
+            "--out", str(tmp_path / "o")]
+    for args, message in ((base[2:], "--game is required"), ([*base, "offline_fraction=0.5"], "needs --data")):
+        r = subprocess.run(_cli(*args), env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
+    r = subprocess.run([sys.executable, "-m", "jowa_cli.main", "finetune", "--env-steps", "10", *base], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "need --online" in r.stderr
+    assert not (tmp_path / "o").exists()
