@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from jowa_core import checkpoint as ckpt
 from jowa_core import games
@@ -267,7 +268,7 @@ def test_cli_resume_after_kill_keeps_the_replay(setup, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "run"
     args = ["--game", GAME, "--ckpt", str(setup["model"]), "--tokenizer", str(setup["tok"]), "--out", str(out),
-            "--env-steps", "200", "num_envs=2", "learning_starts=40", "utd=0.25", "batch_size=8", "eval_episodes=0",
+            "--env-steps", "120", "num_envs=2", "learning_starts=40", "utd=0.25", "batch_size=8", "eval_episodes=0",
             "save_every=40", "sticky_actions=0", "device=cpu"]
     proc = subprocess.Popen(_cli(*args), env=env, stderr=subprocess.PIPE)
     deadline = time.time() + 300
@@ -279,25 +280,32 @@ def test_cli_resume_after_kill_keeps_the_replay(setup, tmp_path):
     assert killed_at is not None and not (out / "final").exists()
     saved = json.loads((killed_at / "state.json").read_text())["env_steps"]
     assert open_store(out / "replay" / f"{GAME}.zarr").num_steps >= saved  # the replay is never behind
-    res = subprocess.run(_cli(*args, "--resume", "--json", str(tmp_path / "s.json")), env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert res.returncode == 0, res.stderr
+    res = _invoke(*args, "--resume", "--json", str(tmp_path / "s.json"))  # in this process: no second start-up
+    assert res.exit_code == 0, res.stderr
     s = json.loads((tmp_path / "s.json").read_text())
-    assert s["finished"] and s["env_steps"] == 200 and s["step"] == math.floor((200 - 40) * 0.25)
+    assert s["finished"] and s["env_steps"] == 120 and s["step"] == math.floor((120 - 40) * 0.25)
     st = open_store(out / "replay" / f"{GAME}.zarr")
-    assert st.num_steps == 200
-    bad = subprocess.run(_cli(*args, "--resume", "utd=0.5"), env=env, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "utd (0.25 in the run, 0.5 now)" in bad.stderr
+    assert st.num_steps == 120
+    bad = _invoke(*args, "--resume", "utd=0.5")
+    assert bad.exit_code == 2 and "utd (0.25 in the run, 0.5 now)" in bad.stderr
+
+
+def _invoke(*args: str):
+    """The real CLI in this process (no interpreter start): ``jowa finetune --online ...``."""
+    from jowa_cli.main import app
+
+    return CliRunner().invoke(app, ["finetune", "--online", "--quiet", *args])
 
 
 def test_cli_bad_input_exits_2(setup, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     base = ["--game", GAME, "--ckpt", str(setup["model"]), "--tokenizer", str(setup["tok"]),
             "--out", str(tmp_path / "o")]
-    for args, message in ((base[2:], "--game is required"), ([*base, "offline_fraction=0.5"], "needs --data")):
-        r = subprocess.run(_cli(*args), env=env, capture_output=True, text=True, timeout=120)
-        assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
-    r = subprocess.run([sys.executable, "-m", "jowa_cli.main", "finetune", "--env-steps", "10", *base], env=env,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "need --online" in r.stderr
+    for args, message in ((base[2:], "--game is required"), ([*base, "offline_fraction=0.5"], "needs --data"),
+                          ([*base, "utd=-1"], "utd")):
+        r = _invoke(*args)
+        assert r.exit_code == 2 and message in r.stderr, (args, r.stderr)
+    from jowa_cli.main import app
+
+    r = CliRunner().invoke(app, ["finetune", "--env-steps", "10", *base])
+    assert r.exit_code == 2 and "need --online" in r.stderr
     assert not (tmp_path / "o").exists()
