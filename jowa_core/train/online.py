@@ -193,9 +193,7 @@ def nearest_neighbours(queries: Tensor, keys: Tensor, k: int, chunk: int = 1024)
     out = []
     for i in range(0, queries.shape[0], chunk):
         d = torch.cdist(queries[i:i + chunk].double(), keys.double())  # (q, K)
-        idx = torch.arange(keys.shape[0], dtype=torch.float64)
-        order = torch.argsort(d + idx * 1e-12, dim=1, stable=True)  # deterministic tie-break
-        out.append(order[:, :k])
+        out.append(torch.argsort(d, dim=1, stable=True)[:, :k])  # stable: equal distances by lower index
     return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long)
 
 
@@ -242,7 +240,9 @@ class OnlineLearner:
         self.step = 0
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        """One optimiser step on ``batch`` (TD on every row, world loss on every row, CQL with ``cql_alpha``)."""
+        """One optimiser step on ``batch``: offline fine-tuning's ``finetune_loss`` with every row real (world loss
+        and TD on every row, CQL weighted by ``cql_alpha``; it reads ``world_weight``, ``gamma``, ``cql_alpha``
+        of this config)."""
         self.model.train()
         batch = {k: v.to(self.device) for k, v in batch.items()}
         real = torch.ones(batch["action"].shape[0], dtype=torch.bool, device=self.device)
