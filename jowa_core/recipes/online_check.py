@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from jowa_core.config import from_dict
+from jowa_core.constants import SUMMARY_FILE
 from jowa_core.data.collect import collect
 from jowa_core.data.convert import PrepareOptions, prepare_data
 from jowa_core.data.tokenize import tokenize_stores
@@ -82,7 +83,9 @@ def run_online_check(out: str | Path, seeds: tuple[int, ...] = (0, 1, 2), arms: 
             run = out / f"online-{arm}-seed{seed}"
             cfg = from_dict(OnlineConfig, {**ONLINE, "seed": seed, "from_scratch": arm == "scratch"})
             src = models["jowa"] if arm == "scratch" else models[arm]  # scratch: the same architecture
-            s = run_online(cfg, src, models["tokenizer"], GAME, run, resume=run.exists(), reporter=reporter)
+            done = run / SUMMARY_FILE  # a finished run is read back, not resumed (its config may predate new keys)
+            s = json.loads(done.read_text()) if done.exists() else run_online(
+                cfg, src, models["tokenizer"], GAME, run, resume=run.exists(), reporter=reporter)
             finals[arm].append(s["evals"][-1]["mean"])
             curves[arm].append([e["mean"] for e in s["evals"]])
             reporter.log(f"seed {seed} {arm}: final greedy return {finals[arm][-1]:.2f}")
