@@ -60,6 +60,9 @@ def evaluate(
     mcts: Annotated[bool, typer.Option("--mcts", help="Plan with MCTS (K^2 (H-1) + K simulations) instead.")] = False,
     batch: Annotated[int, typer.Option(help="Most environments per planner call (memory ~ batch x beam^2).")] = 64,
     backend: Annotated[str, typer.Option(help="Emulators: auto, vector (ale-py AtariVectorEnv) or loop.")] = "auto",
+    overlap: Annotated[bool, typer.Option(
+        help="With the vector backend, step half of the episodes' emulators while planning for the other half "
+             "(identical results; --no-overlap: one batch, for comparison).")] = True,
     fast_path: Annotated[str, typer.Option(
         help="Beam search with preallocated KV caches per padded batch shape: off, static, graph (CUDA graphs) or "
              "auto (graph on GPU, static on CPU).")] = "off",
@@ -102,7 +105,8 @@ def evaluate(
     try:
         result = run(ckpt, tokenizer, games, episodes=episodes, agent=agent, settings=settings, seed=seed,
                      device=device, backend=backend, out_json=out or None, video_dir=video_dir or None,
-                     video_episodes=[int(e) for e in video_episodes.split(",") if e.strip()], reporter=reporter)
+                     video_episodes=[int(e) for e in video_episodes.split(",") if e.strip()], overlap=overlap,
+                     reporter=reporter)
     finally:
         reporter.close()
     if not is_main:
