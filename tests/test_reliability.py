@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from jowa_cli.main import app
 from jowa_core import checkpoint as ckpt
-from jowa_core.config import ConfigError, load_config, parse_override
+from jowa_core import games
+from jowa_core.config import ConfigError, from_dict, load_config, parse_override
 from jowa_core.data import convert
 from jowa_core.data import store as st
 from jowa_core.data.collect import collect, collect_run
@@ -29,7 +30,7 @@ from jowa_core.interop.official import import_official
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, load_world_action, save_world_action
 from jowa_core.outputs import LockError, lock_output, lock_path, release_output
 from jowa_core.train.finetune import FinetuneConfig
-from jowa_core.train.pretrain import PretrainConfig
+from jowa_core.train.pretrain import PretrainConfig, pretrain
 from jowa_core.train.run import prepare_run
 from jowa_core.train.step import NonFiniteError, optimizer_step
 
@@ -82,7 +83,8 @@ def _small_store(path: Path, n: int = 40) -> tuple[Path, np.ndarray]:
     obs = (rng.integers(0, 4, (n, 12, 12)).repeat(7, 1).repeat(7, 2) * 60).astype(np.uint8)
     terminal = np.zeros(n, bool)
     terminal[-1] = True
-    st.write_store(path, "Pong", obs, rng.integers(0, 6, n), np.zeros(n), terminal, np.array([0]), np.array([n]),
+    pong = np.flatnonzero(games.get("Pong").action_mask())  # Pong's minimal set as full actions
+    st.write_store(path, "Pong", obs, pong[rng.integers(0, 6, n)], np.zeros(n), terminal, np.array([0]), np.array([n]),
                    shard_frames=16)
     return path, obs
 
@@ -252,10 +254,10 @@ def test_outputs_checked_writable_before_long_work(tmp_path: Path) -> None:
     assert not (tmp_path / "raw").exists()
 
 
-@pytest.mark.parametrize("breaker", ["shifted_episodes", "action_99", "nan_reward", "stray_terminal"])
+@pytest.mark.parametrize("breaker", ["shifted_episodes", "action_99", "not_pong", "nan_reward", "stray_terminal"])
 def test_store_internals_cross_checked_on_open(tmp_path: Path, breaker: str) -> None:
-    """Shifted episode bounds (same sums), actions outside the 18-action space, NaN rewards and a terminal in
-    mid-episode are StoreErrors on open, not silently trained on."""
+    """Shifted episode bounds (same sums), actions outside the 18-action space or the game's minimal set, NaN
+    rewards and a terminal in mid-episode are StoreErrors on open, not silently trained on."""
     n = 12
     obs = np.zeros((n, 84, 84), np.uint8)
     action, reward, terminal = np.zeros(n, np.int16), np.zeros(n, np.float32), np.zeros(n, bool)
@@ -265,12 +267,15 @@ def test_store_internals_cross_checked_on_open(tmp_path: Path, breaker: str) -> 
         starts = np.array([1, 6])
     elif breaker == "action_99":
         action[3] = 99
+    elif breaker == "not_pong":
+        action[3] = 2  # UP: a valid ALE action, but not one of Pong's
     elif breaker == "nan_reward":
         reward[2] = np.nan
     else:
         terminal[2] = True
     path = st.write_store(tmp_path / "Pong.zarr", "Pong", obs, action, reward, terminal, starts, lengths)
-    with pytest.raises(st.StoreError, match="episode 0 starts|action 99|not finite|terminal set on row 2"):
+    expected = "episode 0 starts|action 99|action 2 on row 3 is not in Pong|not finite|terminal set on row 2"
+    with pytest.raises(st.StoreError, match=expected):
         st.open_store(path)
 
 
@@ -379,3 +384,38 @@ def test_out_of_range_tokens_are_refused(tmp_path: Path) -> None:
         load_obs_tokens(st.open_store(path))
     arr.attrs["tokenizer_config"] = {"vocab_size": 1024}
     assert load_obs_tokens(st.open_store(path))[5, 7] == 512
+
+
+def test_task_ids_beyond_the_model_are_refused_before_training(tmp_path: Path) -> None:
+    """A Pong store (task id 39) and model.max_tasks=39: pretraining refuses before its first step and writes
+    nothing but the run directory's lock."""
+    path, obs = _small_store(tmp_path / "data" / "Pong.zarr")
+    arr = zarr.open_group(str(path), mode="r+", zarr_format=3).create_array(
+        "obs_tokens", shape=(len(obs), 36), dtype="int16", chunks=(4096, 36))
+    arr[:] = np.zeros((len(obs), 36), np.int16)
+    arr.attrs["tokenizer_config"] = {"vocab_size": 16}
+    cfg = from_dict(PretrainConfig, {"model": {"preset": "tiny", "obs_vocab": 16, "max_tasks": 39},
+                                     "data": {"path": str(tmp_path / "data"), "num_workers": 0, "seq_len": 4},
+                                     "train": {"batch_size": 2, "stage1_steps": 1, "stage2_steps": 1,
+                                               "tensorboard": False, "device": "cpu"}})
+    with pytest.raises(ValueError, match=r"task ids \[39\] do not fit model.max_tasks=39"):
+        pretrain(cfg, tmp_path / "run")
+    assert not list((tmp_path / "run").glob("checkpoints/*")) and not (tmp_path / "run" / "final").exists()
+
+
+def test_ids_outside_the_embedding_tables_are_errors_not_clamped() -> None:
+    """The model looks each position up in its own table only: an action id of 99, an observation token equal to
+    the vocabulary size or a negative id raise (the old clamp turned 99 into action 17 silently)."""
+    torch.manual_seed(0)
+    model = WorldActionModel(from_dict(WorldActionConfig, {"preset": "tiny", "obs_vocab": 32})).eval()
+    tasks = torch.tensor([0])
+    ok = torch.zeros(1, 37, dtype=torch.long)
+    ok[0, 36] = 17  # the last valid action; observation tokens may exceed 17 (up to the vocabulary)
+    ok[0, :36] = 31
+    with torch.no_grad():
+        model(ok, tasks)
+    for pos, value in ((36, 99), (36, 18), (5, 32), (5, -1), (36, -1)):
+        bad = ok.clone()
+        bad[0, pos] = value
+        with pytest.raises(IndexError), torch.no_grad():
+            model(bad, tasks)
