@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -419,3 +421,105 @@ def test_ids_outside_the_embedding_tables_are_errors_not_clamped() -> None:
         bad[0, pos] = value
         with pytest.raises(IndexError), torch.no_grad():
             model(bad, tasks)
+
+
+def _verify_cli(*paths: Path) -> tuple[int, dict]:
+    res = CliRunner().invoke(app, ["verify", *map(str, paths), "--json", "-", "--quiet"])
+    return res.exit_code, (json.loads(res.stdout) if res.stdout.strip() else {})
+
+
+def test_verify_finds_a_flipped_frame_bit_that_open_does_not_read(tmp_path: Path) -> None:
+    """`jowa verify` decodes every chunk: a bit flipped in a frame shard, which open_store never touches, is a
+    problem (exit 1) naming the shard; the folder of stores and the store itself are both accepted."""
+    path, obs = _small_store(tmp_path / "data" / "Pong.zarr")
+    code, out = _verify_cli(tmp_path / "data")
+    assert code == 0 and out["ok"] and out["reports"][0]["kind"] == "stores", out
+    assert out["reports"][0]["checked"][str(path)]["frames_decoded"] == len(obs)
+    shard = max((p for p in (path / "obs" / "c").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0x10  # inside the chunk data, far from the index at the end
+    shard.write_bytes(bytes(data))
+    st.open_store(path)  # the small arrays are fine: opening does not see it
+    code, out = _verify_cli(path)
+    assert code == 1 and not out["ok"] and out["reports"][0]["kind"] == "store"
+    assert any("corrupt" in p and "obs" in p for p in out["reports"][0]["problems"]), out
+
+
+def test_verify_checkpoints_and_runs(tmp_path: Path) -> None:
+    """Weights are checked against the sha256 in checkpoint.json (on every load, and by verify); non-finite
+    weights, a dangling checkpoints/latest, out-of-order metrics and an unreadable optimizer.pt are problems;
+    a path that is none of the kinds is exit 2."""
+    torch.manual_seed(0)
+    model = WorldActionModel(from_dict(WorldActionConfig, {"preset": "tiny", "obs_vocab": 32}))
+    good = tmp_path / "good"
+    save_world_action(model, good)
+    assert ckpt.read_meta(good)["weights_sha256"] == ckpt.sha256_file(good / ckpt.WEIGHTS)
+    assert _verify_cli(good)[0] == 0
+    weights = good / ckpt.WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0x01  # a low mantissa bit of the last tensor: still a finite, plausible weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ckpt.CheckpointError, match="sha256 is not the one"):
+        load_world_action(str(good))
+    code, out = _verify_cli(good)
+    assert code == 1 and "sha256" in out["reports"][0]["problems"][0]
+    with torch.no_grad():
+        next(model.parameters())[0] = float("nan")
+    nan = tmp_path / "nan"
+    save_world_action(model, nan)
+    code, out = _verify_cli(nan)
+    assert code == 1 and "non-finite weights" in out["reports"][0]["problems"][0]
+
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "step_00000004"
+    step.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    save_world_action(WorldActionModel(from_dict(WorldActionConfig, {"preset": "tiny", "obs_vocab": 32})), step)
+    (step / "state.json").write_text('{"step": 4}')
+    (step / "optimizer.pt").write_bytes(b"not a torch file")
+    (run / "checkpoints" / "latest").write_text("step_00000009\n")
+    (run / "metrics.csv").write_text("step,loss\n2,1.0\n4,0.9\n3,0.8\n")
+    code, out = _verify_cli(run)
+    problems = " | ".join(out["reports"][0]["problems"])
+    assert code == 1 and out["reports"][0]["kind"] == "run"
+    assert "optimizer.pt: cannot be read" in problems and "not a complete checkpoint" in problems, problems
+    assert "out of order" in problems, problems
+    res = CliRunner().invoke(app, ["verify", str(tmp_path / "nothing")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+
+
+@contextlib.contextmanager
+def _small_tmpfs(path: Path, size: str):
+    """A tmpfs of ``size`` mounted at ``path`` for the block; skips the test where mounting is not allowed."""
+    path.mkdir(parents=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {r.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tmpfs")
+def test_disk_full_is_one_line_and_a_retry_resumes(tmp_path: Path) -> None:
+    """prepare-data onto a full 1 MB tmpfs: exit 2 with one `error:` line naming the disk, no temporary files
+    left; after the disk grows, the same command resumes and publishes the store. A checkpoint that does not fit
+    leaves nothing at its name."""
+    src = tmp_path / "src"
+    write_run(src / "Pong" / "1" / "replay_logs", [50, 120, 80] * 3, 400, seed=9)
+    with _small_tmpfs(tmp_path / "disk", "1m") as disk:
+        args = ["prepare-data", "--source", str(src), "--games", "Pong", "--out", str(disk / "out")]
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2, res.output
+        lines = [line for line in res.output.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "no space left" in lines[0].lower(), res.output
+        assert "Traceback" not in res.output
+        assert not [p for p in disk.rglob("*") if ".tmp" in p.name]
+        with pytest.raises(OSError), torch.no_grad():
+            save_world_action(WorldActionModel(from_dict(WorldActionConfig, {"preset": "40m"})), disk / "model")
+        assert not (disk / "model").exists() and not [p for p in disk.iterdir() if "model" in p.name]
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 0, res.output
+        st.open_store(disk / "out" / "Pong.zarr").frames.read_range(0, 10)

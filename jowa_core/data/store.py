@@ -34,6 +34,7 @@ from zarr.codecs import ZstdCodec
 
 from jowa_core import games
 from jowa_core.constants import FRAME_BYTES, FRAME_SHAPE, NUM_FULL_ACTIONS
+from jowa_core.outputs import atomic_file
 
 FORMAT_VERSION = 1
 OBS_CHUNK_FRAMES = 4  # a random 8-step segment touches 2-3 chunks: little decoded in vain
@@ -145,10 +146,8 @@ def write_shard_atomic(obs_path: Path, shard: int, data: bytes) -> None:
     """Write one shard file via a temporary name, so a killed writer never leaves a torn shard."""
     target = shard_file(obs_path, shard)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".0.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_file(target, target.with_name(f".0.tmp{os.getpid()}")) as tmp, open(tmp, "wb") as f:
         f.write(data)
-    os.replace(tmp, target)
 
 
 def write_attrs_json(path: Path, attrs: dict[str, Any]) -> None:
