@@ -92,11 +92,15 @@ def _unique(name: str, taken: set[str]) -> str:
     return out
 
 
-def _json_name(stem: str, preset: str | None, plan: bool | None, taken: set[str]) -> str:
-    """A JSON method's name: its file stem, or ``JOWA-<PRESET>[ no-plan]`` for a generic or taken stem; unique."""
+_ALGO_NAMES = {"mtbc": "MTBC", "scaled_ql": "SQL"}  # checkpoint kind -> report name (paper Table 2's columns)
+
+
+def _json_name(stem: str, preset: str | None, plan: bool | None, taken: set[str], algo: str = "JOWA") -> str:
+    """A JSON method's name: its file stem, or ``<ALGO>-<PRESET>[ no-plan]`` (JOWA, MTBC or SQL) for a generic or
+    taken stem; unique."""
     name = stem
     if (name in taken or name in ("scores", "result", "results")) and preset and preset != "custom":
-        name = f"JOWA-{preset.upper()}" + ("" if plan is not False else " no-plan")
+        name = f"{algo}-{preset.upper()}" + ("" if plan is not False or algo != "JOWA" else " no-plan")
     return _unique(name, taken)
 
 
@@ -124,7 +128,8 @@ def _load_json(path: Path) -> MethodScores:
         if not np.isfinite(values).all():  # NaN would silently turn every aggregate into NaN
             raise ValueError(f"{path}: game {game!r}: raw_scores hold NaN or infinite values")
         scores[_games.get(game).name] = values
-    return MethodScores(_json_name(path.stem, preset, plan, set()), scores, str(path), preset=preset, plan=plan)
+    algo = _ALGO_NAMES.get((data.get("checkpoint") or {}).get("kind"), "JOWA")
+    return MethodScores(_json_name(path.stem, preset, plan, set(), algo), scores, str(path), preset=preset, plan=plan)
 
 
 def _load_csv(path: Path, taken: set[str]) -> list[MethodScores]:

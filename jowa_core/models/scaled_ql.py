@@ -198,7 +198,7 @@ class ScaledQLModel(nn.Module):
 
     def features(self, obs: Tensor) -> Tensor:
         """(B, S, 84, 84) uint8 frame stacks -> normalised features (B, D)."""
-        return normalize_features(self.mlp(self.encoder(obs.float() / 255.0)))
+        return normalize_features(self.mlp(self.encoder(obs.to(self.head_w.dtype) / 255.0)))
 
     def heads(self, tasks: Tensor) -> Tensor:
         """Head index (B,) of each task id; ValueError for a game without a head."""
