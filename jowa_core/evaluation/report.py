@@ -68,6 +68,7 @@ class MethodScores:
     preset: str | None = None
     plan: bool | None = None
     notes: list[str] = field(default_factory=list)
+    algo: str = "JOWA"  # JOWA, MTBC or SQL: the prefix of generic JSON names
     paper: PublishedMethod | PublishedFinetune | None = None  # the published column, for published methods
 
 
@@ -129,7 +130,8 @@ def _load_json(path: Path) -> MethodScores:
             raise ValueError(f"{path}: game {game!r}: raw_scores hold NaN or infinite values")
         scores[_games.get(game).name] = values
     algo = _ALGO_NAMES.get((data.get("checkpoint") or {}).get("kind"), "JOWA")
-    return MethodScores(_json_name(path.stem, preset, plan, set(), algo), scores, str(path), preset=preset, plan=plan)
+    return MethodScores(_json_name(path.stem, preset, plan, set(), algo), scores, str(path), preset=preset, plan=plan,
+                        algo=algo)
 
 
 def _load_csv(path: Path, taken: set[str]) -> list[MethodScores]:
@@ -173,7 +175,8 @@ def _load_csv(path: Path, taken: set[str]) -> list[MethodScores]:
 def load_results(paths: list[str] | list[Path]) -> list[MethodScores]:
     """Load ``jowa evaluate`` JSONs (one method each) and ``method,game,score`` CSVs (any number of methods).
 
-    A JSON's method name is its file stem (or ``JOWA-<PRESET>[ no-plan]`` for a generic or repeated stem); its
+    A JSON's method name is its file stem (or ``JOWA-<PRESET>[ no-plan]``, ``MTBC-<PRESET>``, ``SQL-<PRESET>`` by
+    the checkpoint's kind, for a generic or repeated stem); its
     preset and planning flag come from ``checkpoint.config.preset`` and ``agent.plan``. For CSV methods they are
     guessed from the name ('...150M...', '...no-plan...'). JSONs with the same name (e.g. ``ft/Pong/JOWA-FT.json``,
     ``ft/Gravitar/JOWA-FT.json``), disjoint games and the same preset and planning flag are one method.
@@ -195,7 +198,7 @@ def load_results(paths: list[str] | list[Path]) -> list[MethodScores]:
                 same.scores.update(m.scores)
                 same.source += f", {m.source}"
                 continue
-            m.name = _json_name(p.stem, m.preset, m.plan, taken)
+            m.name = _json_name(p.stem, m.preset, m.plan, taken, m.algo)
             taken.add(m.name)
             methods.append(m)
     return methods

@@ -278,7 +278,7 @@ def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Se
                       "horizon": ref.get("horizon", agent.horizon), "history": ref.get("history", agent.history),
                       "history_requested": agent.history, "gamma": gamma, "reward_mode": agent.reward_mode,
                       "epsilon": settings.epsilon, "dtype": _DTYPES[agent.precision][0], "max_batch": agent.max_batch,
-                      "seed": int(seed), "planner": agent.planner if agent.plan else "greedy",
+                      "seed": int(seed), "planner": agent.planner if ref.get("plan", agent.plan) else "greedy",
                       **({"q_dropout": "official"} if agent.q_dropout == "official" else {}),
                       **({"fast_path": fast_path} if fast_path != "off" else {}),
                       "env_backend": backend, "overlap": any(c.get("lanes", 1) > 1 for c in per_rank)},

@@ -31,6 +31,7 @@ from jowa_core.constants import CONFIG_FILE, FINAL_DIR, OPTIMIZER_FILE, STATE_FI
 from jowa_core.data.segments import make_loader
 from jowa_core.games import resolve as resolve_games
 from jowa_core.progress import NullReporter
+from jowa_core.train.pretrain import param_fingerprint
 from jowa_core.train.run import MetricsLog, checkpoint_path, prepare_run, rng_state, set_rng_state, training_checkpoint
 from jowa_core.train.step import optimizer_step
 
@@ -243,7 +244,7 @@ def _train(algo_factory, cfg, out: Path, resume: bool, reporter, ctx: jdist.Dist
     log.close()
     return {"out": str(out), "algo": algo.kind, "step": step, "finished": step >= tcfg.steps,
             "games": dataset.games, "world_size": ctx.world_size,
-            "trainable_parameters": sum(p.numel() for p in params),
+            "trainable_parameters": sum(p.numel() for p in params), "param_fingerprint": param_fingerprint(model),
             "best_score": state.get("best_score"), "best_step": state.get("best_step")}
 
 
