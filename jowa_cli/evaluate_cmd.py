@@ -82,9 +82,9 @@ def evaluate(
 
     Protocol (paper Table 15): no sticky actions, frame skip 4 with max-pool, 84x84 grayscale, one frame per
     step, no no-op starts, episodes end at game over or after --max-frames frames, raw scores, epsilon 0.001.
-    Baselines (jowa pretrain --algo mtbc|scaled-ql checkpoints) play greedily under the same protocol; the
-    planning options do not apply to them. Several GPUs: `torchrun --nproc_per_node=N -m jowa_cli.main evaluate ...` shares the episodes out; rank 0
-    writes the JSON.
+    Several GPUs: `torchrun --nproc_per_node=N -m jowa_cli.main evaluate ...` shares the episodes out; rank 0
+    writes the JSON. Baselines (jowa pretrain --algo mtbc|scaled-ql checkpoints) play greedily under the same
+    protocol; the planning options do not apply to them.
     """
     from rich.console import Console
     from rich.table import Table
