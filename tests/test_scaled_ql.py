@@ -256,3 +256,41 @@ def test_cli_pretrain_evaluate_report(frames, tmp_path):
     assert "SQL-TINY" in (tmp_path / "report" / "aggregates.csv").read_text()
     r = cli.invoke(app, ["pretrain", "--algo", "dqn", "--data", str(frames), "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "error: unknown --algo 'dqn'; choose from jowa, mtbc, scaled-ql" in r.output
+
+
+def test_finetuning_keeps_the_shared_network_and_the_games_head(tmp_path):
+    from jowa_core import checkpoint as ckpt
+    from jowa_core.config import to_dict
+    from jowa_core.train.algos import pretrained_init
+
+    torch.manual_seed(0)
+    pre = ScaledQLModel(from_dict(ScaledQLConfig, {"preset": "tiny", "games": ["Pong", "Catch"]}))
+    ckpt.save_model(tmp_path / "pre", "scaled_ql", to_dict(pre.cfg), pre.state_dict())
+    for game, head in (("Catch", 1), ("Breakout", None)):  # a pretraining game keeps its head; a new one starts fresh
+        ft = ScaledQLModel(from_dict(ScaledQLConfig, {"preset": "tiny", "games": [game]}))
+        pretrained_init("scaled-ql", tmp_path / "pre")(ft, [game])
+        assert torch.equal(ft.encoder.spatial, pre.encoder.spatial)
+        assert torch.equal(ft.mlp[0].weight, pre.mlp[0].weight)
+        assert torch.equal(ft.head_w[0], pre.head_w[head]) if head is not None else not torch.equal(
+            ft.head_w[0], pre.head_w[1])
+
+
+def test_cli_finetune_keeps_the_best_snapshot(frames, tmp_path):
+    from typer.testing import CliRunner
+
+    from jowa_cli.main import app
+
+    train_baseline(ScaledQL, config(frames, steps=2), tmp_path / "pre")
+    r = CliRunner().invoke(app, ["finetune", "--algo", "scaled-ql", "--ckpt", str(tmp_path / "pre"), "--game",
+                                 "Catch", "--data", str(frames), "--out", str(tmp_path / "ft"), "--quiet", "--json",
+                                 str(tmp_path / "ft.json"), "train.steps=4", "train.device=cpu",
+                                 "data.num_workers=0", "train.tensorboard=false", "eval.every=2", "eval.episodes=1",
+                                 "eval.max_frames=200"])
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "ft.json").read_text())
+    assert s["finished"] and s["best_step"] in (2, 4) and s["best_score"] is not None
+    assert sorted(p.name for p in (tmp_path / "ft" / "evals").iterdir()) == ["step_00000002.json",
+                                                                            "step_00000004.json"]
+    assert (tmp_path / "ft" / "best" / "model.safetensors").is_file()
+    cfg = (tmp_path / "ft" / "config.yaml").read_text()
+    assert "batch_size: 32" in cfg and "lr: 5.0e-05" in cfg

@@ -5,6 +5,8 @@ Data: a noisy expert (``DATA_EPSILON`` of its actions uniformly random, the rest
 column), written as DQN-Replay logs and converted with ``prepare-data``. Behaviour cloning cannot beat the policy
 that made its data, so the JOWA check's uniformly random data would prove nothing for MTBC; the noisy expert's
 mode is the expert, which BC must recover to score well above random. Scaled-QL trains on the same data.
+``run_baseline_finetune`` is ``jowa finetune --algo mtbc|scaled-ql``: the paper's protocol with periodic greedy
+evaluations and the best snapshot.
 MTBC reads tokens from a small tokenizer trained on the data (the JOWA check's ``CATCH_TOKENIZER``); Scaled-QL
 reads 4-frame stacks. Both are evaluated greedily (``jowa evaluate``'s protocol) on fresh episodes.
 """
@@ -28,7 +30,7 @@ from jowa_core.evaluation.envs import EvalSettings
 from jowa_core.evaluation.runner import evaluate
 from jowa_core.progress import Reporter, make_reporter
 from jowa_core.recipes.learning import CATCH_TOKENIZER, EVAL_SEED, GAME
-from jowa_core.train.algos import load_baseline_config, pretrain_baseline
+from jowa_core.train.algos import finetune_baseline, finetune_config, load_baseline_config, pretrain_baseline
 from jowa_core.train.tokenizer import TokenizerTrainConfig, train_tokenizer
 
 DATA_EPSILON = 0.5  # the noisy expert's share of uniformly random actions
@@ -131,3 +133,25 @@ def run_baseline_check(out: str | Path, algos: tuple[str, ...] = ("mtbc", "scale
     reporter.log(f"{GAME}: random {summary['random']['mean']:.2f}, data {summary['data']['mean']:.2f}, "
                  + ", ".join(f"{a} {results[a]['mean']:.2f}" for a in algos))
     return summary
+
+
+def run_baseline_finetune(algo: str, pretrained: str | Path, tokenizer: str | Path | None, game: str,
+                          data: str | Path, out: str | Path, overrides: list[str] | None = None,
+                          resume: bool = False, reporter: Reporter | None = None) -> dict[str, Any]:
+    """``jowa finetune --algo mtbc|scaled-ql``: the paper's fine-tuning protocol (``train.algos.FINETUNE_TRAIN``)
+    with a greedy evaluation of ``game`` every ``eval.every`` steps (``EvalProtocol``); ``out/best`` is the best
+    snapshot, ``out/evals/step_XXXXXXXX.json`` each evaluation's scores."""
+    cfg, protocol = finetune_config(algo, pretrained, game, data, overrides or [])
+    if algo == "mtbc" and not tokenizer:
+        raise ValueError("--algo mtbc evaluates on observation tokens: pass --tokenizer")
+    name = _games.get(game).name
+    out = Path(out)
+
+    def evaluator(checkpoint: Path, step: int) -> dict[str, Any]:
+        res = evaluate(checkpoint, tokenizer or None, [name], episodes=protocol.episodes,
+                       settings=EvalSettings(max_frames=protocol.max_frames), seed=protocol.seed,
+                       device=cfg.train.device, out_json=out / "evals" / f"step_{step:08d}.json")
+        return {"score": res["games"][name]["mean"]}
+
+    return finetune_baseline(algo, cfg, pretrained, str(out), resume=resume, reporter=reporter,
+                             evaluator=evaluator, eval_every=protocol.every)
