@@ -58,6 +58,8 @@ def finetune(
         if not value:
             raise ValueError(f"{name} is required")
     if algo != "jowa":
+        if from_scratch or config:
+            raise ValueError(f"--from-scratch and --config are JOWA's; --algo {algo} takes key=value overrides")
         reporter = make_reporter(quiet=quiet)
         try:
             summary = run_baseline_finetune(algo, ckpt, tokenizer or None, game, data, out, list(overrides or []),
