@@ -69,7 +69,6 @@ class Algorithm(Protocol):
 
     kind: str
     metrics: list[str]
-    observations: str  # what the loader reads: "tokens" or "frames"
 
     def build(self, games: list[str], device: torch.device) -> nn.Module: ...
 

@@ -41,7 +41,6 @@ class MTBC:
 
     kind = KIND
     metrics = ["loss", "accuracy"]
-    observations = "tokens"
 
     def __init__(self, cfg: MTBCPretrainConfig, ctx: jdist.DistContext, dataset: Any):
         self.cfg, self.ctx = cfg, ctx

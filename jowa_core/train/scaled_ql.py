@@ -74,7 +74,6 @@ class ScaledQL:
 
     kind = KIND
     metrics = ["loss", "td", "cql", "q_taken", "q_max"]
-    observations = "frames"
 
     def __init__(self, cfg: ScaledQLPretrainConfig, ctx: jdist.DistContext, dataset: Any):
         self.cfg, self.ctx = cfg, ctx
