@@ -123,19 +123,44 @@ def test_bad_inputs_are_one_line(tokens, tmp_path):
 
 def test_evaluate_plays_the_greedy_policy_with_the_token_memory(tokens, tmp_path):
     from jowa_core.evaluation.runner import evaluate
-    from jowa_core.models.tokenizer import Tokenizer, TokenizerConfig, save_tokenizer
 
     train_baseline(MTBC, config(tokens, steps=2), tmp_path / "run")
-    torch.manual_seed(0)
-    tok = Tokenizer(from_dict(TokenizerConfig, {"ch": 8, "num_res_blocks": 0, "embed_dim": 8, "z_channels": 8,
-                                                "vocab_size": VOCAB, "attn_resolutions": [], "encoder_mid": False}))
-    save_tokenizer(tok, tmp_path / "tok")
+    _random_tokenizer(tmp_path / "tok")
     res = evaluate(tmp_path / "run", tmp_path / "tok", ["Catch"], episodes=2, device="cpu")
     assert res["checkpoint"]["kind"] == "mtbc" and res["agent"]["planner"] == "greedy"
     assert res["agent"]["history"] == 8  # BC trains every position: the full context
     assert len(res["games"]["Catch"]["raw_scores"]) == 2
     with pytest.raises(ValueError, match="pass --tokenizer"):
         evaluate(tmp_path / "run", None, ["Catch"], episodes=1, device="cpu")
+
+
+def test_finetune_starts_from_the_pretrained_model_and_keeps_the_best_snapshot(tokens, tmp_path):
+    from jowa_core import checkpoint as ckpt
+    from jowa_core.recipes.baselines import run_baseline_finetune
+
+    train_baseline(MTBC, config(tokens, steps=2), tmp_path / "pre")
+    _random_tokenizer(tmp_path / "tok")
+    s = run_baseline_finetune("mtbc", tmp_path / "pre", tmp_path / "tok", "Catch", tokens / "Catch.zarr",
+                              tmp_path / "ft", ["train.steps=2", "train.batch_size=4", "train.device=cpu",
+                                                "train.tensorboard=false", "data.num_workers=0", "eval.every=1",
+                                                "eval.episodes=1", "eval.max_frames=100"])
+    assert s["finished"] and s["best_step"] in (1, 2) and (tmp_path / "ft" / "best" / "model.safetensors").is_file()
+    _, pre = ckpt.load_model(tmp_path / "pre" / "final", "mtbc")
+    _, first = ckpt.load_model(tmp_path / "ft" / "checkpoints" / "step_00000001", "mtbc")
+    assert first.keys() == pre.keys()
+    moved = [k for k in pre if not torch.equal(pre[k], first[k])]
+    assert moved and all((pre[k] - first[k]).abs().max() < 1e-3 for k in pre)  # one step of lr 5e-5 away
+    with pytest.raises(ValueError, match="pass --tokenizer"):
+        run_baseline_finetune("mtbc", tmp_path / "pre", None, "Catch", tokens / "Catch.zarr", tmp_path / "ft2")
+
+
+def _random_tokenizer(path: Path) -> None:
+    from jowa_core.models.tokenizer import Tokenizer, TokenizerConfig, save_tokenizer
+
+    torch.manual_seed(0)
+    save_tokenizer(Tokenizer(from_dict(TokenizerConfig, {
+        "ch": 8, "num_res_blocks": 0, "embed_dim": 8, "z_channels": 8, "vocab_size": VOCAB, "attn_resolutions": [],
+        "encoder_mid": False})), path)
 
 
 # ---- Catch: both baselines beat random play (jowa_core/recipes/baselines.py)
