@@ -294,3 +294,12 @@ def test_cli_finetune_keeps_the_best_snapshot(frames, tmp_path):
     assert (tmp_path / "ft" / "best" / "model.safetensors").is_file()
     cfg = (tmp_path / "ft" / "config.yaml").read_text()
     assert "batch_size: 32" in cfg and "lr: 5.0e-05" in cfg
+
+
+def test_verify_checks_a_baseline_run(frames, tmp_path):
+    from jowa_core.recipes.verify import verify
+
+    train_baseline(ScaledQL, config(frames, steps=2), tmp_path / "run")
+    report = verify(tmp_path / "run")
+    assert report["ok"], report["problems"]
+    assert any(v.get("kind") == "scaled_ql" for v in report["checked"].values())
