@@ -25,7 +25,9 @@ def _int_option(name: str, value: str) -> int:
 @handle_errors
 def evaluate(
     ckpt: Annotated[str, typer.Option("--ckpt", help="World-action checkpoint or run directory.")],
-    tokenizer: Annotated[str, typer.Option(help="Tokenizer checkpoint, run directory or official tokenizer.pt.")],
+    tokenizer: Annotated[str, typer.Option(
+        help="Tokenizer checkpoint, run directory or official tokenizer.pt (not for Scaled-QL, which reads frames).")
+    ] = "",
     games: Annotated[str, typer.Option(help="Games or groups, comma-separated (atari15, atari5, Pong, ...).")] = (
         "atari15"
     ),
@@ -81,7 +83,8 @@ def evaluate(
     Protocol (paper Table 15): no sticky actions, frame skip 4 with max-pool, 84x84 grayscale, one frame per
     step, no no-op starts, episodes end at game over or after --max-frames frames, raw scores, epsilon 0.001.
     Several GPUs: `torchrun --nproc_per_node=N -m jowa_cli.main evaluate ...` shares the episodes out; rank 0
-    writes the JSON.
+    writes the JSON. Baselines (jowa pretrain --algo mtbc|scaled-ql checkpoints) play greedily under the same
+    protocol; the planning options do not apply to them.
     """
     from rich.console import Console
     from rich.table import Table

@@ -25,6 +25,7 @@ from jowa_core import dist as _dist
 from jowa_core import games as _games
 from jowa_core.checkpoint import sha256_file
 from jowa_core.constants import jowa_version
+from jowa_core.evaluation import baselines
 from jowa_core.evaluation.agent import Agent, AgentSettings
 from jowa_core.evaluation.envs import EvalSettings, VecAtari, resolve_backend, rom_md5
 from jowa_core.evaluation.metrics import iqm
@@ -77,13 +78,13 @@ class _Lane:
     so that its emulators run while another lane plans."""
 
     def __init__(self, items: list[dict], settings: EvalSettings, agent_kw: dict, backend: str, model, tokenizer,
-                 video_dir: Path | None, video_episodes: Sequence[int]):
+                 video_dir: Path | None, video_episodes: Sequence[int], make_agent=Agent):
         self.items = items
         self.env = VecAtari([(it["game"], it["seed"]) for it in items], settings, backend=backend)
         with warnings.catch_warnings():  # the agent's warnings go to the reporter and the JSON instead
             warnings.simplefilter("ignore")
-            self.agent = Agent(model, tokenizer, self.env.games, seeds=self.env.seeds, epsilon=settings.epsilon,
-                               **agent_kw)
+            self.agent = make_agent(model, tokenizer, self.env.games, seeds=self.env.seeds,
+                                    epsilon=settings.epsilon, **agent_kw)
         self.video_dir = video_dir
         self.filmed = {i: [] for i, it in enumerate(items) if video_dir is not None and it["episode"] in video_episodes}
         self.obs = self.env.reset()
@@ -124,18 +125,21 @@ class _Lane:
 
 def _play(model, tokenizer, items: list[dict], settings: EvalSettings, agent_kw: dict, backend: str,
           reporter: Reporter, num_episodes_total: int, video_dir: Path | None = None,
-          video_episodes: Sequence[int] = (), overlap: bool = True) -> tuple[list[dict], dict[str, Any], list[str]]:
+          video_episodes: Sequence[int] = (), overlap: bool = True,
+          make_agent=Agent) -> tuple[list[dict], dict[str, Any], list[str]]:
     """Play ``items`` (dicts with game, episode, seed) to the end; their records, counters and agent notes.
 
     With ``overlap`` (vector backend, two or more episodes) the episodes are dealt into two lanes: while one
     lane's emulators step in ale-py's threads, the agent plans for the other. An episode's result does not
-    depend on its lane (seeds and epsilon streams are per episode).
+    depend on its lane (seeds and epsilon streams are per episode). ``make_agent``: ``Agent`` or a baseline's
+    (``evaluation/baselines.py``).
     """
     if not items:
         return [], {"env_steps": 0, "act_calls": 0, "decisions": 0, "random_actions": 0, "planner_calls": 0,
                     "elapsed_s": 0.0, "lanes": 0}, []
     n_lanes = 2 if overlap and len(items) >= 2 and backend == "vector" else 1
-    lanes = [_Lane(items[k::n_lanes], settings, agent_kw, backend, model, tokenizer, video_dir, video_episodes)
+    lanes = [_Lane(items[k::n_lanes], settings, agent_kw, backend, model, tokenizer, video_dir, video_episodes,
+                   make_agent)
              for k in range(n_lanes)]
     notes = list(dict.fromkeys(n for lane in lanes for n in lane.agent.notes))
     for note in notes:
@@ -213,13 +217,23 @@ def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Se
     owns_group = not (tdist.is_available() and tdist.is_initialized())
     ctx = _dist.setup(device)
     try:
-        model_dir = ckpt.resolve(model_path, "world_action")
-        model, meta = load_world_action(str(model_dir), ctx.device)
+        model_dir = ckpt.resolve(model_path)
+        kind = ckpt.read_meta(model_dir).get("kind")
+        make_agent = Agent
+        if kind in baselines.KINDS:  # the paper's baselines: greedy, same protocol (evaluation/baselines.py)
+            model, meta, make_agent = baselines.load_baseline(model_dir, kind, ctx.device)
+        else:
+            model_dir = ckpt.resolve(model_path, "world_action")
+            model, meta = load_world_action(str(model_dir), ctx.device)
+            official_q_dropout(model, agent.q_dropout == "official")
         model = model.to(_DTYPES[agent.precision][1])
-        official_q_dropout(model, agent.q_dropout == "official")
-        tokenizer = load_tokenizer(tokenizer_path, ctx.device)
-        tokenizer_sha256 = fingerprint(tokenizer_path)
-        ckpt.check_tokens_tokenizer(meta, tokenizer_sha256, model_dir, tokenizer_path)
+        tokenizer = tokenizer_sha256 = None
+        if tokenizer_path:
+            tokenizer = load_tokenizer(tokenizer_path, ctx.device)
+            tokenizer_sha256 = fingerprint(tokenizer_path)
+            ckpt.check_tokens_tokenizer(meta, tokenizer_sha256, model_dir, tokenizer_path)
+        elif kind != baselines.FRAMES_KIND:
+            raise ValueError(f"{model_dir} reads observation tokens: pass --tokenizer")
         items = [{"game": g, "episode": e, "seed": int(seed) + e} for g in names for e in range(int(episodes))]
         mine = items[ctx.rank::ctx.world_size]
         gamma = float(meta.get("gamma", 0.99)) if agent.gamma is None else float(agent.gamma)
@@ -236,7 +250,7 @@ def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Se
             Path(video_dir).mkdir(parents=True, exist_ok=True)
         records, counters, notes = _play(model, tokenizer, mine, settings, agent_kw, backend, reporter, len(mine),
                                          Path(video_dir) if video_dir is not None else None, tuple(video_episodes),
-                                         overlap=overlap)
+                                         overlap=overlap, make_agent=make_agent)
         counters["rank"], counters["device"] = ctx.rank, _device_name(ctx.device)
         if ctx.distributed:
             gathered: list[Any] = [None] * ctx.world_size
@@ -254,17 +268,17 @@ def evaluate(model_path: str | Path, tokenizer_path: str | Path, games: str | Se
         result: dict[str, Any] = {
             "format": FORMAT, "version": VERSION, "jowa_version": jowa_version(), "date": date,
             "device": counters["device"], "world_size": ctx.world_size, "torch": torch.__version__,
-            "checkpoint": {"path": str(model_path), "resolved": str(model_dir),
+            "checkpoint": {"path": str(model_path), "resolved": str(model_dir), "kind": kind,
                            "sha256": sha256_file(model_dir / ckpt.WEIGHTS), "step": meta.get("step"),
                            "config": meta.get("config")},
             "tokenizer": {"path": str(tokenizer_path), "resolved": str(weights_file(tokenizer_path)),
-                          "sha256": tokenizer_sha256},
+                          "sha256": tokenizer_sha256} if tokenizer is not None else None,
             "settings": settings.to_dict(),
             "agent": {"plan": ref.get("plan", agent.plan), "beam": agent.beam,
                       "horizon": ref.get("horizon", agent.horizon), "history": ref.get("history", agent.history),
                       "history_requested": agent.history, "gamma": gamma, "reward_mode": agent.reward_mode,
                       "epsilon": settings.epsilon, "dtype": _DTYPES[agent.precision][0], "max_batch": agent.max_batch,
-                      "seed": int(seed), "planner": agent.planner if agent.plan else "greedy",
+                      "seed": int(seed), "planner": agent.planner if ref.get("plan", agent.plan) else "greedy",
                       **({"q_dropout": "official"} if agent.q_dropout == "official" else {}),
                       **({"fast_path": fast_path} if fast_path != "off" else {}),
                       "env_backend": backend, "overlap": any(c.get("lanes", 1) > 1 for c in per_rank)},

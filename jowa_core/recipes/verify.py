@@ -40,6 +40,7 @@ from jowa_core.constants import (
 )
 from jowa_core.data.segments import load_obs_tokens
 from jowa_core.data.store import StoreError, list_stores, open_store
+from jowa_core.evaluation import baselines
 from jowa_core.models.tokenizer import load_tokenizer
 from jowa_core.models.world_action import load_world_action
 from jowa_core.outputs import lock_owner
@@ -128,6 +129,8 @@ def _check_checkpoint(path: Path, report: dict[str, Any], reporter: Reporter | N
             model, _ = load_world_action(str(path))  # sha256, config bounds, names and shapes
         elif kind == "tokenizer":
             model = load_tokenizer(path)
+        elif kind in baselines.KINDS:  # the paper's baselines (docs/baselines.md)
+            model, _, _ = baselines.load_baseline(path, kind, "cpu")
         else:
             raise ckpt.CheckpointError(f"{path}: unknown checkpoint kind {kind!r}")
     except (ckpt.CheckpointError, ValueError, OSError) as e:
