@@ -159,6 +159,47 @@ def plan(
     emit_json(result, json_out or None)
 
 
+@app.command("evaluate")
+@handle_errors
+def evaluate(
+    preset: Annotated[str, typer.Option(help="Model preset: tiny, 40m, 70m or 150m (random init).")] = "tiny",
+    games: Annotated[str, typer.Option(help="ALE games (names or a group); episodes are dealt round robin.")] = "Pong",
+    envs: Annotated[int, typer.Option(help="Episodes played at once (a multiple of the number of games).")] = 16,
+    steps: Annotated[int, typer.Option(help="Agent steps per episode (episodes are cut there).")] = 50,
+    plan: Annotated[bool, typer.Option("--plan/--no-plan", help="Beam search, or greedy on Q̂.")] = True,
+    beam: Annotated[int, typer.Option(help="Beam width K.")] = 3,
+    horizon: Annotated[int, typer.Option(help="Planning horizon H.")] = 2,
+    device: Annotated[str, typer.Option(help="auto (the GPU when there is one), cuda, cuda:N or cpu.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 weights on GPU, fp32 on CPU), bf16 or fp32.")] = "auto",
+    fast_path: Annotated[str, typer.Option(help="Planner: off, static, graph or auto (as jowa evaluate).")] = "off",
+    tokenizer_vocab: Annotated[
+        int | None, typer.Option(help="Tokenizer codebook size (default: the paper's 2048).")] = None,
+    out: Annotated[str, typer.Option(help="Append the results as a dated section to this Markdown file.")] = "",
+    json_out: Annotated[str, typer.Option("--json", help="Write results as JSON here ('-' for stdout).")] = "",
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
+) -> None:
+    """Environment steps/s of `jowa evaluate` with emulator stepping overlapped with planning, against one batch.
+
+    Plays the same episodes (ale-py vector env, random-init model and tokenizer) twice: one batch stepped after
+    every decision, then two lanes, one lane's emulators stepping while the agent plans for the other. Both must
+    give the same episode results.
+
+    Example: jowa bench evaluate --preset 150m --games Pong --envs 64 --steps 100 --out docs/benchmarks.md
+    """
+    from jowa_core.bench.evaluate import bench_evaluate, table_rows
+    from jowa_core.progress import make_reporter
+
+    reporter = make_reporter(quiet=quiet)
+    try:
+        result = bench_evaluate(preset=preset, games=games, envs=envs, steps=steps, plan=plan, beam=beam,
+                                horizon=horizon, device=device, precision=precision, fast_path=fast_path,
+                                tokenizer_vocab=tokenizer_vocab, reporter=reporter, markdown=out or None)
+    finally:
+        reporter.close()
+    _print_comparison("evaluate", result, table_rows(result), ("ours (overlapped)", "baseline (one batch)"))
+    emit_json(result, json_out or None)
+
+
 def _print_comparison(name: str, result: dict, rows: list, columns: tuple[str, str]) -> None:
     """The rich table of a bench result (measure, ours, baseline, ratio) and its summary lines."""
     from rich.console import Console

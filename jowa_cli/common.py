@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -14,6 +16,8 @@ import typer
 # Exit codes: 0 success, 1 unexpected failure, 2 bad input (usage, files, options), 130 interrupted.
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+# The disk is full, over quota, read-only, or the file too large: the user's storage, not a bug.
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 
 class UserError(Exception):
@@ -32,6 +36,13 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
             print(f"error: {e}", file=sys.stderr)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except OSError as e:
+            if e.errno not in _STORAGE_ERRNOS:
+                raise
+            where = f" writing {e.filename}" if e.filename else ""
+            print(f"error: {os.strerror(e.errno).lower()}{where}: free space there (or choose another output) and "
+                  "run the same command again", file=sys.stderr)
             raise typer.Exit(EXIT_BAD_INPUT) from None
 
     return wrapper

@@ -25,7 +25,9 @@ def _int_option(name: str, value: str) -> int:
 @handle_errors
 def evaluate(
     ckpt: Annotated[str, typer.Option("--ckpt", help="World-action checkpoint or run directory.")],
-    tokenizer: Annotated[str, typer.Option(help="Tokenizer checkpoint, run directory or official tokenizer.pt.")],
+    tokenizer: Annotated[str, typer.Option(
+        help="Tokenizer checkpoint, run directory or official tokenizer.pt (not for Scaled-QL, which reads frames).")
+    ] = "",
     games: Annotated[str, typer.Option(help="Games or groups, comma-separated (atari15, atari5, Pong, ...).")] = (
         "atari15"
     ),
@@ -60,6 +62,9 @@ def evaluate(
     mcts: Annotated[bool, typer.Option("--mcts", help="Plan with MCTS (K^2 (H-1) + K simulations) instead.")] = False,
     batch: Annotated[int, typer.Option(help="Most environments per planner call (memory ~ batch x beam^2).")] = 64,
     backend: Annotated[str, typer.Option(help="Emulators: auto, vector (ale-py AtariVectorEnv) or loop.")] = "auto",
+    overlap: Annotated[bool, typer.Option(
+        help="With the vector backend, step half of the episodes' emulators while planning for the other half "
+             "(identical results; --no-overlap: one batch, for comparison).")] = True,
     fast_path: Annotated[str, typer.Option(
         help="Beam search with preallocated KV caches per padded batch shape: off, static, graph (CUDA graphs) or "
              "auto (graph on GPU, static on CPU).")] = "off",
@@ -78,7 +83,8 @@ def evaluate(
     Protocol (paper Table 15): no sticky actions, frame skip 4 with max-pool, 84x84 grayscale, one frame per
     step, no no-op starts, episodes end at game over or after --max-frames frames, raw scores, epsilon 0.001.
     Several GPUs: `torchrun --nproc_per_node=N -m jowa_cli.main evaluate ...` shares the episodes out; rank 0
-    writes the JSON.
+    writes the JSON. Baselines (jowa pretrain --algo mtbc|scaled-ql checkpoints) play greedily under the same
+    protocol; the planning options do not apply to them.
     """
     from rich.console import Console
     from rich.table import Table
@@ -102,7 +108,8 @@ def evaluate(
     try:
         result = run(ckpt, tokenizer, games, episodes=episodes, agent=agent, settings=settings, seed=seed,
                      device=device, backend=backend, out_json=out or None, video_dir=video_dir or None,
-                     video_episodes=[int(e) for e in video_episodes.split(",") if e.strip()], reporter=reporter)
+                     video_episodes=[int(e) for e in video_episodes.split(",") if e.strip()], overlap=overlap,
+                     reporter=reporter)
     finally:
         reporter.close()
     if not is_main:

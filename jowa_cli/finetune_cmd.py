@@ -31,6 +31,9 @@ def finetune(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint (same config).")
     ] = False,
+    algo: Annotated[str, typer.Option(
+        help="jowa, or a pretrained paper baseline: mtbc or scaled-ql (batch 32, lr 5e-5, 10k steps, best snapshot; "
+             "eval.every/eval.episodes/eval.max_frames overrides; docs/baselines.md).")] = "jowa",
     online: Annotated[
         bool, typer.Option("--online", help="Fine-tune while playing the game (docs/online.md); --data optional.")
     ] = False,
@@ -57,18 +60,33 @@ def finetune(
     --env-steps 100000 --ckpt runs/jowa150m --tokenizer runs/tok --out runs/online-pong
     """
     if online:
+        if algo != "jowa":
+            raise ValueError("--online fine-tunes JOWA only; leave --algo at jowa")
         return _online(overrides, ckpt, tokenizer, game, data, out, config, from_scratch, resume, env_steps,
                        rehearsal_data, json_out, quiet)
     if env_steps or rehearsal_data:
         raise ValueError("--env-steps and --rehearsal-data need --online")
     from jowa_core.config import load_config
+    from jowa_core.recipes.baselines import run_baseline_finetune
     from jowa_core.recipes.finetune import run_finetune as run
+    from jowa_core.train.algos import check_algo
     from jowa_core.train.finetune import FinetuneConfig
 
-    for name, value in (("--ckpt", ckpt), ("--tokenizer", tokenizer), ("--game", game), ("--data", data),
-                        ("--out", out)):
+    for name, value in (("--ckpt", ckpt), ("--tokenizer", tokenizer if check_algo(algo) == "jowa" else "-"),
+                        ("--game", game), ("--data", data), ("--out", out)):
         if not value:
             raise ValueError(f"{name} is required")
+    if algo != "jowa":
+        if from_scratch or config:
+            raise ValueError(f"--from-scratch and --config are JOWA's; --algo {algo} takes key=value overrides")
+        reporter = make_reporter(quiet=quiet)
+        try:
+            summary = run_baseline_finetune(algo, ckpt, tokenizer or None, game, data, out, list(overrides or []),
+                                            resume=resume, reporter=reporter)
+        finally:
+            reporter.close()
+        emit_json(summary, json_out or None)
+        return
     extra = list(overrides or [])
     if from_scratch:
         extra.append("from_scratch=true")

@@ -25,6 +25,7 @@ from jowa_cli import (  # noqa: E402
     pretrain_cmd,
     report_cmd,
     tokenizer_cmd,
+    verify_cmd,
 )
 
 app.command("prepare-data", help=data_cmd.prepare_data.__doc__.splitlines()[0])(data_cmd.prepare_data)
@@ -43,6 +44,7 @@ app.command("import-official", help=import_cmd.import_official.__doc__.splitline
 )
 app.command("demo", help=demo_cmd.demo.__doc__.splitlines()[0])(demo_cmd.demo)
 app.command("learning-check", help=learning_cmd.learning_check.__doc__.splitlines()[0])(learning_cmd.learning_check)
+app.command("verify", help=verify_cmd.verify.__doc__.splitlines()[0])(verify_cmd.verify)
 app.add_typer(bench_cmd.app, name="bench", help="Benchmarks: data conversion and loading, training throughput and MFU.")
 
 if __name__ == "__main__":

@@ -16,13 +16,17 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from jowa_core.outputs import atomic_file, write_json_atomic
 
 FORMAT = "jowa-checkpoint"
 VERSION = 1
@@ -41,17 +45,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_json(path: str | Path) -> Any:
@@ -88,8 +81,15 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
-    """safetensors file of CPU, contiguous, unshared copies of ``tensors``."""
-    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(path))
+    """safetensors file of CPU, contiguous, unshared copies of ``tensors``. An I/O failure (disk full) is the
+    OSError it was, not safetensors' own error type."""
+    try:
+        save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(path))
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
 
 
 def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -120,10 +120,26 @@ def load_optimizer_state(opt: torch.optim.Optimizer, path: str | Path, device: s
 
 def write_model_files(directory: Path, kind: str, config: dict[str, Any], tensors: dict[str, torch.Tensor],
                       **extra: Any) -> None:
-    """Write ``model.safetensors`` and ``checkpoint.json`` into an existing directory."""
+    """Write ``model.safetensors`` and ``checkpoint.json`` (with the weights' sha256) into an existing directory."""
     save_tensors(directory / WEIGHTS, tensors)
     write_json_atomic(directory / META, {"format": FORMAT, "version": VERSION, "kind": kind, "config": config,
-                                         **extra})
+                                         **extra, "weights_sha256": sha256_file(directory / WEIGHTS)})
+
+
+def check_weights(directory: str | Path, meta: Mapping[str, Any]) -> None:
+    """The weights file against the sha256 its ``checkpoint.json`` records (checkpoints written before it was
+    recorded, and imported ones, have none and pass): a flipped bit in the weights is a CheckpointError."""
+    want = meta.get("weights_sha256")
+    path = Path(directory) / WEIGHTS
+    if want and path.is_file() and sha256_file(path) != want:
+        raise CheckpointError(f"{path}: its sha256 is not the one {META} records: the weights are corrupt or were "
+                              f"replaced; use another checkpoint (jowa verify lists the good ones)")
+
+
+def load_checkpoint_tensors(directory: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of the model checkpoint ``directory``, checked against its recorded sha256."""
+    check_weights(directory, read_meta(directory))
+    return load_tensors(Path(directory) / WEIGHTS, device)
 
 
 def save_model(path: str | Path, kind: str, config: dict[str, Any], tensors: dict[str, torch.Tensor],
@@ -184,16 +200,15 @@ def load_model(path: str | Path, kind: str | None = None,
                device: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(metadata, tensors) of a model checkpoint (or of a run directory's latest checkpoint)."""
     path = resolve(path, kind)
-    return read_meta(path), load_tensors(path / WEIGHTS, device)
+    return read_meta(path), load_checkpoint_tensors(path, device)
 
 
 def mark_latest(run_dir: str | Path, name: str, keep: int = 3) -> None:
     """Point ``checkpoints/latest`` at ``name`` and delete all but the newest ``keep`` step_* checkpoints."""
     ckpts = Path(run_dir) / "checkpoints"
     latest = ckpts / "latest"
-    tmp = ckpts / ".latest.tmp"
-    tmp.write_text(name + "\n")
-    os.replace(tmp, latest)
+    with atomic_file(latest) as tmp:
+        tmp.write_text(name + "\n")
     if keep > 0:
         steps = sorted(p for p in ckpts.glob("step_*") if p.is_dir())
         for old in steps[:-keep]:

@@ -3,16 +3,43 @@ output (``.<name>.lock`` files beside it, flock'ed), outputs checked writable be
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import socket
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 LOCK_SUFFIX = ".lock"
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, tmp: str | Path | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (default ``.<name>.tmp<pid>``) to write into; when the block ends it
+    replaces ``path`` in one rename, and when the block fails (disk full, interrupt) it is removed: a reader never
+    sees a torn file and no temporary file is left behind."""
+    path = Path(path)
+    tmp = Path(tmp) if tmp is not None else path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """``obj`` as indented JSON at ``path``, fsync'ed and renamed into place (``atomic_file``)."""
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class LockError(ValueError):
@@ -73,6 +100,23 @@ def lock_output(directory: str | Path) -> bool:
     os.pwrite(fd, json.dumps(owner).encode(), 0)
     _HELD[directory] = fd
     return True
+
+
+def lock_owner(directory: str | Path) -> str | None:
+    """The owner written in ``directory``'s lock file while a live process holds it; None when no process does (no
+    lock file, or one left by a dead process). Takes nothing: a free lock is released again at once."""
+    path = lock_path(directory)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown owner"
+    finally:
+        os.close(fd)  # closing drops a lock taken here
+    return None
 
 
 def release_output(directory: str | Path) -> None:

@@ -71,3 +71,17 @@ def test_bench_plan_fast_path_next_to_ours_and_the_baseline(tmp_path):
         bench_plan(preset="tiny", envs=2, decisions=1, device="cpu", baseline_envs=3)
     with pytest.raises(ValueError, match="fast-path"):
         bench_plan(preset="tiny", envs=1, decisions=1, device="cpu", fast_path="turbo")
+
+
+def test_bench_evaluate_overlaps_and_keeps_the_episodes(tmp_path):
+    from jowa_core.bench.evaluate import bench_evaluate
+
+    md = tmp_path / "bench.md"
+    r = bench_evaluate(preset="tiny", games="Pong,Breakout", envs=4, steps=4, beam=2, horizon=1, device="cpu",
+                       tokenizer_vocab=16, warmup_steps=1, markdown=md)
+    assert r["same_episodes"] and r["ours"]["lanes"] == 2 and r["baseline"]["lanes"] == 1
+    assert r["ours"]["env_steps"] == r["baseline"]["env_steps"] == 16
+    assert r["speedup_vs_baseline"] > 0 and "--games Pong,Breakout --envs 4 --steps 4" in r["command"]
+    assert "## Evaluation throughput" in md.read_text()
+    with pytest.raises(ValueError, match="multiple of the number of games"):
+        bench_evaluate(games="Pong,Breakout", envs=3, device="cpu")

@@ -463,3 +463,44 @@ def test_evaluate_with_the_fast_path_plays_the_same_episodes(tmp_path, ckpts):
     assert fast["throughput"]["decisions"] == slow["throughput"]["decisions"] > 0
     with pytest.raises(ValueError, match="fast_path"):
         AgentSettings(fast_path="warp")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_step_async_then_wait_equals_step(backend):
+    eps = [("Pong", 0), ("SpaceInvaders", 1), ("SpaceInvaders", 2)]
+    a, b = VecAtari(eps, backend=backend), VecAtari(eps, backend=backend)
+    np.testing.assert_array_equal(a.reset(), b.reset())
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        act = random_valid(rng, a.games)
+        want = a.step(act)
+        b.step_async(act)
+        got = b.step_wait()
+        for x, y in zip(want[:3], got[:3], strict=True):
+            np.testing.assert_array_equal(x, y)
+    b.step_async(act)
+    with pytest.raises(RuntimeError, match="twice"):
+        b.step_async(act)
+    with pytest.raises(RuntimeError, match="reset during a step"):
+        b.reset()
+    b.step_wait()
+    with pytest.raises(RuntimeError, match="without step_async"):
+        b.step_wait()
+    a.close(), b.close()
+
+
+def test_overlapped_lanes_play_the_same_episodes(ckpts):
+    """Two lanes (one stepping while the other plans) give every episode the result one batch gives it."""
+    model_dir, tok_dir = ckpts
+    kw = {"episodes": 3, "settings": EvalSettings(max_frames=400, epsilon=0.3), "device": "cpu",
+          "backend": "vector", "agent": AgentSettings(beam=2, horizon=1), "seed": 5}
+    one = evaluate(model_dir, tok_dir, ["SpaceInvaders", "Pong"], overlap=False, **kw)
+    two = evaluate(model_dir, tok_dir, ["SpaceInvaders", "Pong"], overlap=True, **kw)
+    assert two["agent"]["overlap"] and not one["agent"]["overlap"]
+    assert two["throughput"]["per_rank"][0]["lanes"] == 2 and one["throughput"]["per_rank"][0]["lanes"] == 1
+    for g in ("SpaceInvaders", "Pong"):
+        strip = [{k: v for k, v in e.items() if k != "wall_time_s"} for e in one["games"][g]["episodes"]]
+        assert strip == [{k: v for k, v in e.items() if k != "wall_time_s"} for e in two["games"][g]["episodes"]]
+    assert sum(one["games"]["SpaceInvaders"]["raw_scores"]) > 0  # the comparison covers scoring episodes
+    for k in ("env_steps", "decisions", "random_actions"):
+        assert one["throughput"][k] == two["throughput"][k]

@@ -9,13 +9,16 @@ import pytest
 
 from jowa_core.config import load_config, read_yaml, to_dict
 from jowa_core.train.finetune import FinetuneConfig
+from jowa_core.train.mtbc import MTBCPretrainConfig
 from jowa_core.train.pretrain import PretrainConfig
+from jowa_core.train.scaled_ql import ScaledQLPretrainConfig
 from jowa_core.train.tokenizer import TokenizerTrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 KINDS = {"jowa-40m": PretrainConfig, "jowa-70m": PretrainConfig, "jowa-150m": PretrainConfig,
          "jowa-tiny": PretrainConfig, "finetune": FinetuneConfig, "finetune-official": FinetuneConfig,
-         "tokenizer": TokenizerTrainConfig}
+         "tokenizer": TokenizerTrainConfig, "mtbc-34m": MTBCPretrainConfig, "mtbc-65m": MTBCPretrainConfig,
+         "mtbc-120m": MTBCPretrainConfig, "scaled-ql-80m": ScaledQLPretrainConfig}
 
 
 def _same_as_default(raw: dict, default: dict, where: str = "") -> list[str]:

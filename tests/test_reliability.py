@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +19,8 @@ from typer.testing import CliRunner
 
 from jowa_cli.main import app
 from jowa_core import checkpoint as ckpt
-from jowa_core.config import ConfigError, load_config, parse_override
+from jowa_core import games
+from jowa_core.config import ConfigError, from_dict, load_config, parse_override
 from jowa_core.data import convert
 from jowa_core.data import store as st
 from jowa_core.data.collect import collect, collect_run
@@ -29,7 +32,7 @@ from jowa_core.interop.official import import_official
 from jowa_core.models.world_action import WorldActionConfig, WorldActionModel, load_world_action, save_world_action
 from jowa_core.outputs import LockError, lock_output, lock_path, release_output
 from jowa_core.train.finetune import FinetuneConfig
-from jowa_core.train.pretrain import PretrainConfig
+from jowa_core.train.pretrain import PretrainConfig, pretrain
 from jowa_core.train.run import prepare_run
 from jowa_core.train.step import NonFiniteError, optimizer_step
 
@@ -82,7 +85,8 @@ def _small_store(path: Path, n: int = 40) -> tuple[Path, np.ndarray]:
     obs = (rng.integers(0, 4, (n, 12, 12)).repeat(7, 1).repeat(7, 2) * 60).astype(np.uint8)
     terminal = np.zeros(n, bool)
     terminal[-1] = True
-    st.write_store(path, "Pong", obs, rng.integers(0, 6, n), np.zeros(n), terminal, np.array([0]), np.array([n]),
+    pong = np.flatnonzero(games.get("Pong").action_mask())  # Pong's minimal set as full actions
+    st.write_store(path, "Pong", obs, pong[rng.integers(0, 6, n)], np.zeros(n), terminal, np.array([0]), np.array([n]),
                    shard_frames=16)
     return path, obs
 
@@ -252,10 +256,10 @@ def test_outputs_checked_writable_before_long_work(tmp_path: Path) -> None:
     assert not (tmp_path / "raw").exists()
 
 
-@pytest.mark.parametrize("breaker", ["shifted_episodes", "action_99", "nan_reward", "stray_terminal"])
+@pytest.mark.parametrize("breaker", ["shifted_episodes", "action_99", "not_pong", "nan_reward", "stray_terminal"])
 def test_store_internals_cross_checked_on_open(tmp_path: Path, breaker: str) -> None:
-    """Shifted episode bounds (same sums), actions outside the 18-action space, NaN rewards and a terminal in
-    mid-episode are StoreErrors on open, not silently trained on."""
+    """Shifted episode bounds (same sums), actions outside the 18-action space or the game's minimal set, NaN
+    rewards and a terminal in mid-episode are StoreErrors on open, not silently trained on."""
     n = 12
     obs = np.zeros((n, 84, 84), np.uint8)
     action, reward, terminal = np.zeros(n, np.int16), np.zeros(n, np.float32), np.zeros(n, bool)
@@ -265,12 +269,15 @@ def test_store_internals_cross_checked_on_open(tmp_path: Path, breaker: str) -> 
         starts = np.array([1, 6])
     elif breaker == "action_99":
         action[3] = 99
+    elif breaker == "not_pong":
+        action[3] = 2  # UP: a valid ALE action, but not one of Pong's
     elif breaker == "nan_reward":
         reward[2] = np.nan
     else:
         terminal[2] = True
     path = st.write_store(tmp_path / "Pong.zarr", "Pong", obs, action, reward, terminal, starts, lengths)
-    with pytest.raises(st.StoreError, match="episode 0 starts|action 99|not finite|terminal set on row 2"):
+    expected = "episode 0 starts|action 99|action 2 on row 3 is not in Pong|not finite|terminal set on row 2"
+    with pytest.raises(st.StoreError, match=expected):
         st.open_store(path)
 
 
@@ -379,3 +386,140 @@ def test_out_of_range_tokens_are_refused(tmp_path: Path) -> None:
         load_obs_tokens(st.open_store(path))
     arr.attrs["tokenizer_config"] = {"vocab_size": 1024}
     assert load_obs_tokens(st.open_store(path))[5, 7] == 512
+
+
+def test_task_ids_beyond_the_model_are_refused_before_training(tmp_path: Path) -> None:
+    """A Pong store (task id 39) and model.max_tasks=39: pretraining refuses before its first step and writes
+    nothing but the run directory's lock."""
+    path, obs = _small_store(tmp_path / "data" / "Pong.zarr")
+    arr = zarr.open_group(str(path), mode="r+", zarr_format=3).create_array(
+        "obs_tokens", shape=(len(obs), 36), dtype="int16", chunks=(4096, 36))
+    arr[:] = np.zeros((len(obs), 36), np.int16)
+    arr.attrs["tokenizer_config"] = {"vocab_size": 16}
+    cfg = from_dict(PretrainConfig, {"model": {"preset": "tiny", "obs_vocab": 16, "max_tasks": 39},
+                                     "data": {"path": str(tmp_path / "data"), "num_workers": 0, "seq_len": 4},
+                                     "train": {"batch_size": 2, "stage1_steps": 1, "stage2_steps": 1,
+                                               "tensorboard": False, "device": "cpu"}})
+    with pytest.raises(ValueError, match=r"task ids \[39\] do not fit model.max_tasks=39"):
+        pretrain(cfg, tmp_path / "run")
+    assert not list((tmp_path / "run").glob("checkpoints/*")) and not (tmp_path / "run" / "final").exists()
+
+
+def test_ids_outside_the_embedding_tables_are_errors_not_clamped() -> None:
+    """The model looks each position up in its own table only: an action id of 99, an observation token equal to
+    the vocabulary size or a negative id raise (the old clamp turned 99 into action 17 silently)."""
+    torch.manual_seed(0)
+    model = WorldActionModel(from_dict(WorldActionConfig, {"preset": "tiny", "obs_vocab": 32})).eval()
+    tasks = torch.tensor([0])
+    ok = torch.zeros(1, 37, dtype=torch.long)
+    ok[0, 36] = 17  # the last valid action; observation tokens may exceed 17 (up to the vocabulary)
+    ok[0, :36] = 31
+    with torch.no_grad():
+        model(ok, tasks)
+    for pos, value in ((36, 99), (36, 18), (5, 32), (5, -1), (36, -1)):
+        bad = ok.clone()
+        bad[0, pos] = value
+        with pytest.raises(IndexError), torch.no_grad():
+            model(bad, tasks)
+
+
+def _verify_cli(*paths: Path) -> tuple[int, dict]:
+    res = CliRunner().invoke(app, ["verify", *map(str, paths), "--json", "-", "--quiet"])
+    return res.exit_code, (json.loads(res.stdout) if res.stdout.strip() else {})
+
+
+def test_verify_finds_a_flipped_frame_bit_that_open_does_not_read(tmp_path: Path) -> None:
+    """`jowa verify` decodes every chunk: a bit flipped in a frame shard, which open_store never touches, is a
+    problem (exit 1) naming the shard; the folder of stores and the store itself are both accepted."""
+    path, obs = _small_store(tmp_path / "data" / "Pong.zarr")
+    code, out = _verify_cli(tmp_path / "data")
+    assert code == 0 and out["ok"] and out["reports"][0]["kind"] == "stores", out
+    assert out["reports"][0]["checked"][str(path)]["frames_decoded"] == len(obs)
+    shard = max((p for p in (path / "obs" / "c").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0x10  # inside the chunk data, far from the index at the end
+    shard.write_bytes(bytes(data))
+    st.open_store(path)  # the small arrays are fine: opening does not see it
+    code, out = _verify_cli(path)
+    assert code == 1 and not out["ok"] and out["reports"][0]["kind"] == "store"
+    assert any("corrupt" in p and "obs" in p for p in out["reports"][0]["problems"]), out
+
+
+def test_verify_checkpoints_and_runs(tmp_path: Path) -> None:
+    """Weights are checked against the sha256 in checkpoint.json (on every load, and by verify); non-finite
+    weights, a dangling checkpoints/latest, out-of-order metrics and an unreadable optimizer.pt are problems;
+    a path that is none of the kinds is exit 2."""
+    torch.manual_seed(0)
+    model = WorldActionModel(from_dict(WorldActionConfig, {"preset": "tiny", "obs_vocab": 32}))
+    good = tmp_path / "good"
+    save_world_action(model, good)
+    assert ckpt.read_meta(good)["weights_sha256"] == ckpt.sha256_file(good / ckpt.WEIGHTS)
+    assert _verify_cli(good)[0] == 0
+    weights = good / ckpt.WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0x01  # a low mantissa bit of the last tensor: still a finite, plausible weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ckpt.CheckpointError, match="sha256 is not the one"):
+        load_world_action(str(good))
+    code, out = _verify_cli(good)
+    assert code == 1 and "sha256" in out["reports"][0]["problems"][0]
+    with torch.no_grad():
+        next(model.parameters())[0] = float("nan")
+    nan = tmp_path / "nan"
+    save_world_action(model, nan)
+    code, out = _verify_cli(nan)
+    assert code == 1 and "non-finite weights" in out["reports"][0]["problems"][0]
+
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "step_00000004"
+    step.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    save_world_action(WorldActionModel(from_dict(WorldActionConfig, {"preset": "tiny", "obs_vocab": 32})), step)
+    (step / "state.json").write_text('{"step": 4}')
+    (step / "optimizer.pt").write_bytes(b"not a torch file")
+    (run / "checkpoints" / "latest").write_text("step_00000009\n")
+    (run / "metrics.csv").write_text("step,loss\n2,1.0\n4,0.9\n3,0.8\n")
+    code, out = _verify_cli(run)
+    problems = " | ".join(out["reports"][0]["problems"])
+    assert code == 1 and out["reports"][0]["kind"] == "run"
+    assert "optimizer.pt: cannot be read" in problems and "not a complete checkpoint" in problems, problems
+    assert "out of order" in problems, problems
+    res = CliRunner().invoke(app, ["verify", str(tmp_path / "nothing")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+
+
+@contextlib.contextmanager
+def _small_tmpfs(path: Path, size: str):
+    """A tmpfs of ``size`` mounted at ``path`` for the block; skips the test where mounting is not allowed."""
+    path.mkdir(parents=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {r.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tmpfs")
+def test_disk_full_is_one_line_and_a_retry_resumes(tmp_path: Path) -> None:
+    """prepare-data onto a full 1 MB tmpfs: exit 2 with one `error:` line naming the disk, no temporary files
+    left; after the disk grows, the same command resumes and publishes the store. A checkpoint that does not fit
+    leaves nothing at its name."""
+    src = tmp_path / "src"
+    write_run(src / "Pong" / "1" / "replay_logs", [50, 120, 80] * 3, 400, seed=9)
+    with _small_tmpfs(tmp_path / "disk", "1m") as disk:
+        args = ["prepare-data", "--source", str(src), "--games", "Pong", "--out", str(disk / "out")]
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2, res.output
+        lines = [line for line in res.output.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "no space left" in lines[0].lower(), res.output
+        assert "Traceback" not in res.output
+        assert not [p for p in disk.rglob("*") if ".tmp" in p.name]
+        with pytest.raises(OSError), torch.no_grad():
+            save_world_action(WorldActionModel(from_dict(WorldActionConfig, {"preset": "40m"})), disk / "model")
+        assert not (disk / "model").exists() and not [p for p in disk.iterdir() if "model" in p.name]
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 0, res.output
+        st.open_store(disk / "out" / "Pong.zarr").frames.read_range(0, 10)

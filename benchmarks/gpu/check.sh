@@ -8,6 +8,8 @@
 # 2. jowa bench train --preset 150m --precision bf16 --compile at the largest batch of TRAIN_BATCHES that fits;
 # 3. jowa bench plan --preset 150m --beam 3 --horizon 2 at 16 and 64 environments, the fast path (static KV cache,
 #    CUDA graph) and the node-by-node baseline in the same run;
+# 3b. jowa bench evaluate --preset 150m --envs 64: real Pong emulators (ale-py vector env) stepping in one lane
+#    while the agent plans for the other, against one batch, same episodes;
 # 4. benchmarks/gpu_results.sh at a reduced scale, if at least LEARN_MIN_S seconds of BUDGET_S remain;
 # 5. then its planning evaluation again with `jowa evaluate --fast-path` (StaticPlanners, CUDA graphs).
 #
@@ -45,6 +47,12 @@ PLAN_DECISIONS=${PLAN_DECISIONS:-5}
 PLAN_FAST=${PLAN_FAST:-auto}             # --fast-path: auto (CUDA graph on GPU) | static | graph | off
 PLAN_BASELINE_ENVS=${PLAN_BASELINE_ENVS:-16}  # the node-by-node baseline on at most this many (its cost is per env)
 PLAN_ARGS=${PLAN_ARGS:-}                 # more `jowa bench plan` options (e.g. --threads 1 on a small CPU)
+EVAL_S=${EVAL_S:-60}                     # evaluate with emulators overlapped with planning, vs one batch
+EVAL_PRESET=${EVAL_PRESET:-150m}
+EVAL_GAMES=${EVAL_GAMES:-Pong}
+EVAL_ENVS=${EVAL_ENVS:-64}
+EVAL_STEPS=${EVAL_STEPS:-40}
+EVAL_ARGS=${EVAL_ARGS:-}                 # more `jowa bench evaluate` options (e.g. --tokenizer-vocab 16 on CPU)
 LEARN=${LEARN:-1}
 LEARN_MIN_S=${LEARN_MIN_S:-90}
 # gpu_results.sh at a reduced scale (its own variables; any can be set from outside)
@@ -122,7 +130,7 @@ PYEOF
 step pytest-gpu "$PYTEST_S" "$PY" -m pytest -q -m gpu -p no:cacheprovider --junitxml "$OUT/pytest-gpu.xml" $PYTEST_ARGS
 
 # 2. training throughput at the largest batch that fits (exit code 2: out of memory, try the next)
-# shellcheck disable=SC2086 # TRAIN_ARGS and PLAN_ARGS are lists of words
+# shellcheck disable=SC2086 # TRAIN_ARGS, PLAN_ARGS and EVAL_ARGS are lists of words
 compile=()
 [ "$TRAIN_COMPILE" = 1 ] && compile=(--compile)
 train_end=$((SECONDS + TRAIN_S))
@@ -143,6 +151,12 @@ for envs in $PLAN_ENVS; do
         --device "$DEVICE" --precision "$PRECISION" \
         --fast-path "$PLAN_FAST" --quiet --json "$OUT/bench-plan-envs$envs.json" --out "$OUT/benchmarks.md" $PLAN_ARGS
 done
+
+# 3b. evaluate on real emulators: two lanes (one stepping while the other plans) against one batch
+step "evaluate-envs$EVAL_ENVS" "$EVAL_S" "$JOWA" bench evaluate --preset "$EVAL_PRESET" --games "$EVAL_GAMES" \
+    --envs "$EVAL_ENVS" --steps "$EVAL_STEPS" --beam "$PLAN_BEAM" --horizon "$PLAN_HORIZON" --device "$DEVICE" \
+    --precision "$PRECISION" --fast-path "$PLAN_FAST" --quiet --json "$OUT/bench-evaluate.json" \
+    --out "$OUT/benchmarks.md" $EVAL_ARGS
 
 # 4. a small end-to-end learning run with what is left
 if [ "$LEARN" = 1 ] && [ $((BUDGET_S - SECONDS)) -ge "$LEARN_MIN_S" ]; then

@@ -33,7 +33,7 @@ from jowa_core.constants import jowa_version
 from jowa_core.data.dopamine_writer import STACK_SIZE, LoggedReplayWriter
 from jowa_core.envs import make_env
 from jowa_core.envs.atari import AtariSettings
-from jowa_core.outputs import lock_output, release_output
+from jowa_core.outputs import atomic_file, lock_output, release_output, write_json_atomic
 from jowa_core.procs import die_with_parent
 
 __all__ = ["POLICIES", "CollectError", "Policy", "RandomPolicy", "collect", "collect_run", "make_policy"]
@@ -115,16 +115,6 @@ def run_dir(out_root: str | os.PathLike, game: str, run: int) -> Path:
 def _read_summary(path: Path) -> dict[str, Any]:
     with open(path / SUMMARY_FILE) as f:
         return json.load(f)
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _validate(num_steps: int, capacity: int, runs: Sequence[int], seed: int, policy: str,
@@ -271,7 +261,7 @@ def collect_run(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     env.close()
-    _write_json_atomic(partial / SUMMARY_FILE, summary)
+    write_json_atomic(partial / SUMMARY_FILE, summary)
 
     if final.exists():  # overwrite: swap, then delete the old run
         old = game_dir / f".{run}.old"
@@ -356,12 +346,10 @@ def write_scores_csv(summaries: Sequence[dict[str, Any]], path: str | os.PathLik
         raise ValueError("no completed episodes to write: collect more steps (or a shorter --max-episode-steps)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")  # as _write_json_atomic
-    with tmp.open("w", newline="") as f:
+    with atomic_file(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", "game", "score"])
         w.writerows(rows)
-    os.replace(tmp, path)
     return len(rows)
 
 

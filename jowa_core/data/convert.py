@@ -48,7 +48,7 @@ from jowa_core.data.stream import (
     find_episodes,
     select_episodes,
 )
-from jowa_core.outputs import lock_output, refuse_inputs_inside, release_output
+from jowa_core.outputs import atomic_file, lock_output, refuse_inputs_inside, release_output
 from jowa_core.procs import die_with_parent
 from jowa_core.progress import NullReporter, Reporter
 
@@ -586,9 +586,8 @@ def _flush(job: FileJob, shard: int, buf: np.ndarray, mask: np.ndarray, obs_dir:
         return
     edges.mkdir(parents=True, exist_ok=True)
     target = edges / f"{shard}.{job.job_id}.npz"
-    tmp = edges / f".{shard}.{job.job_id}.tmp{os.getpid()}.npz"
-    np.savez(tmp, rows=np.flatnonzero(mask).astype(np.int32), frames=buf[mask])
-    os.replace(tmp, target)
+    with atomic_file(target, edges / f".{shard}.{job.job_id}.tmp{os.getpid()}.npz") as tmp:
+        np.savez(tmp, rows=np.flatnonzero(mask).astype(np.int32), frames=buf[mask])
 
 
 def _merge_shared(plan: GamePlan, partial: Path, jobs_dir: Path, S: int) -> None:

@@ -34,6 +34,7 @@ from zarr.codecs import ZstdCodec
 
 from jowa_core import games
 from jowa_core.constants import FRAME_BYTES, FRAME_SHAPE, NUM_FULL_ACTIONS
+from jowa_core.outputs import atomic_file
 
 FORMAT_VERSION = 1
 OBS_CHUNK_FRAMES = 4  # a random 8-step segment touches 2-3 chunks: little decoded in vain
@@ -145,10 +146,8 @@ def write_shard_atomic(obs_path: Path, shard: int, data: bytes) -> None:
     """Write one shard file via a temporary name, so a killed writer never leaves a torn shard."""
     target = shard_file(obs_path, shard)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".0.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_file(target, target.with_name(f".0.tmp{os.getpid()}")) as tmp, open(tmp, "wb") as f:
         f.write(data)
-    os.replace(tmp, target)
 
 
 def write_attrs_json(path: Path, attrs: dict[str, Any]) -> None:
@@ -277,13 +276,14 @@ def open_store(path: str | os.PathLike) -> GameStore:
     starts, lengths = arrays["episode_start"], arrays["episode_length"]
     if starts.shape != lengths.shape or (lengths.size and int(lengths.sum()) != n):
         raise StoreError(f"{path}: episode_start/episode_length do not cover the {n} steps")
-    check_consistency(path, arrays)
+    check_consistency(path, arrays, attrs.get("game"))
     return GameStore(path=path, attrs=attrs, frames=FrameReader(path / "obs"), **arrays)
 
 
-def check_consistency(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def check_consistency(path: Path, arrays: dict[str, np.ndarray], game: str | None = None) -> None:
     """Cross-check the small arrays (raises StoreError): episodes contiguous from row 0 with positive lengths,
-    terminal only on an episode's last step, actions in the full action space, rewards finite."""
+    terminal only on an episode's last step, actions in the full action space and in ``game``'s minimal action
+    set (a game the registry knows), rewards finite."""
     starts, lengths = arrays["episode_start"], arrays["episode_length"]
     if lengths.size:
         expected = np.concatenate([[0], np.cumsum(lengths[:-1])])
@@ -302,6 +302,12 @@ def check_consistency(path: Path, arrays: dict[str, np.ndarray]) -> None:
     if wrong.size:
         raise StoreError(f"{path}: action {int(action[wrong[0]])} on row {int(wrong[0])} is outside the "
                          f"{NUM_FULL_ACTIONS}-action ALE space ({wrong.size} rows)")
+    if game is not None and game in games.REGISTRY:
+        valid = games.get(game).action_mask()
+        wrong = np.flatnonzero(~valid[action])
+        if wrong.size:
+            raise StoreError(f"{path}: action {int(action[wrong[0]])} on row {int(wrong[0])} is not in {game}'s "
+                             f"minimal action set {np.flatnonzero(valid).tolist()} ({wrong.size} rows)")
     nonfinite = np.flatnonzero(~np.isfinite(arrays["reward"]))
     if nonfinite.size:
         raise StoreError(f"{path}: reward {arrays['reward'][nonfinite[0]]} on row {int(nonfinite[0])} is not finite "

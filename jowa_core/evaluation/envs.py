@@ -37,7 +37,7 @@ from jowa_core.envs import make_env
 from jowa_core.envs.atari import AtariSettings
 from jowa_core.envs.catch import RULES_MD5
 
-__all__ = ["BACKENDS", "EvalSettings", "VecAtari", "rom_md5"]
+__all__ = ["BACKENDS", "EvalSettings", "VecAtari", "resolve_backend", "rom_md5"]
 
 BACKENDS = ("auto", "vector", "loop")
 _NO_CAP = 2**31 - 1  # ale-py's frame cap when the protocol has none
@@ -123,6 +123,20 @@ def _vector_available() -> bool:
     return True
 
 
+def resolve_backend(backend: str, games: Sequence[str]) -> str:
+    """``vector`` or ``loop`` for ``games``: ``auto`` is ``vector`` when ale-py has it and every game is an ALE
+    game; built-in games need ``loop``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown env backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    builtin = list(dict.fromkeys(g for g in games if _games.get(g).builtin))
+    if backend == "auto":
+        return "vector" if _vector_available() and not builtin else "loop"
+    if backend == "vector" and builtin:
+        raise ValueError(f"the vector backend runs ALE games only; {', '.join(builtin)} needs backend='loop' "
+                         "(or 'auto')")
+    return backend
+
+
 class VecAtari:
     """N Atari episodes, one per (game, seed) slot, stepped together; actions are full (18-action) indices.
 
@@ -139,8 +153,6 @@ class VecAtari:
                  backend: str = "auto", num_threads: int = 0):
         if not episodes:
             raise ValueError("no episodes")
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown env backend {backend!r}; use one of {', '.join(BACKENDS)}")
         self.settings = settings = settings or EvalSettings()
         self.infos = [_games.get(g) for g, _ in episodes]
         self.games = [i.name for i in self.infos]
@@ -150,13 +162,7 @@ class VecAtari:
         self.num_envs = n = len(episodes)
         self.task_ids = np.array([i.task_id for i in self.infos], dtype=np.int64)
         self.action_masks = np.stack([i.action_mask() for i in self.infos])
-        builtin = [i.name for i in self.infos if i.builtin]
-        if backend == "auto":
-            backend = "vector" if _vector_available() and not builtin else "loop"
-        if backend == "vector" and builtin:
-            raise ValueError(f"the vector backend runs ALE games only; {', '.join(dict.fromkeys(builtin))} "
-                             "needs backend='loop' (or 'auto')")
-        self.backend = backend
+        self.backend = backend = resolve_backend(backend, self.games)
         self.rom_md5 = {g: rom_md5(g) for g in dict.fromkeys(self.games)}
         size = int(settings.screen_size)
         self._obs = np.zeros((n, size, size), np.uint8)
@@ -169,6 +175,7 @@ class VecAtari:
         names = np.asarray(self.games)
         self._groups = {g: np.flatnonzero(names == g) for g in dict.fromkeys(self.games)}  # slots per game
         self._fresh = True  # no step since the envs were created or reset
+        self._pending: tuple | None = None  # (running, minimal actions, games sent) between step_async and wait
         if backend == "loop":
             atari = settings.atari_settings()
             self._envs = [make_env(g, atari, seed=int(s)) for g, s in zip(self.games, self.seeds, strict=True)]
@@ -189,6 +196,8 @@ class VecAtari:
 
     def reset(self) -> np.ndarray:
         """Start (or restart) every slot's episode from its seed; the first observations (N, 84, 84)."""
+        if self._pending is not None:
+            raise RuntimeError("reset during a step: call step_wait first")
         if self.backend == "loop":
             for i, env in enumerate(self._envs):
                 if not self._fresh:  # a restart replays the seed's stream, as the first run did
@@ -208,6 +217,15 @@ class VecAtari:
         return self._obs.copy()
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions: np.ndarray) -> None:
+        """Start a step (``step`` = ``step_async`` + ``step_wait``). The vector backend's emulators then run in
+        ale-py's threads while the caller does other work (plans for other slots); the loop backend steps in
+        ``step_wait``."""
+        if self._pending is not None:
+            raise RuntimeError("step_async called twice without step_wait")
         actions = np.asarray(actions)
         if actions.shape != (self.num_envs,):
             raise ValueError(f"actions of shape {actions.shape}; expected ({self.num_envs},)")
@@ -217,6 +235,18 @@ class VecAtari:
             rows = rows[running[rows]]
             if rows.size:
                 minimal[rows] = _games.get(g).to_minimal(actions[rows])
+        sent = []
+        if self.backend == "vector":
+            sent = [g for g, rows in self._groups.items() if running[rows].any()]
+            for g in sent:  # all games first: their ALE thread pools run concurrently
+                self._vec[g].send(minimal[self._groups[g]].astype(np.int32))
+        self._pending = (running, minimal, sent)
+
+    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Finish the step ``step_async`` started; returns what ``step`` returns."""
+        if self._pending is None:
+            raise RuntimeError("step_wait called without step_async")
+        (running, minimal, sent), self._pending = self._pending, None
         reward = np.zeros(self.num_envs, np.float64)
         game_over = np.zeros(self.num_envs, bool)
         truncated = np.zeros(self.num_envs, bool)
@@ -224,9 +254,6 @@ class VecAtari:
             for i in np.flatnonzero(running):
                 self._obs[i], reward[i], game_over[i], truncated[i] = self._envs[i].step(int(minimal[i]))
         else:
-            sent = [g for g, rows in self._groups.items() if running[rows].any()]
-            for g in sent:  # all games first: their ALE thread pools run concurrently
-                self._vec[g].send(minimal[self._groups[g]].astype(np.int32))
             for g in sent:
                 obs, r, term, trunc, info = self._vec[g].recv()
                 rows = self._groups[g][np.asarray(info["env_id"])]

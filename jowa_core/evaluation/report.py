@@ -68,6 +68,7 @@ class MethodScores:
     preset: str | None = None
     plan: bool | None = None
     notes: list[str] = field(default_factory=list)
+    algo: str = "JOWA"  # JOWA, MTBC or SQL: the prefix of generic JSON names
     paper: PublishedMethod | PublishedFinetune | None = None  # the published column, for published methods
 
 
@@ -92,11 +93,15 @@ def _unique(name: str, taken: set[str]) -> str:
     return out
 
 
-def _json_name(stem: str, preset: str | None, plan: bool | None, taken: set[str]) -> str:
-    """A JSON method's name: its file stem, or ``JOWA-<PRESET>[ no-plan]`` for a generic or taken stem; unique."""
+_ALGO_NAMES = {"mtbc": "MTBC", "scaled_ql": "SQL"}  # checkpoint kind -> report name (paper Table 2's columns)
+
+
+def _json_name(stem: str, preset: str | None, plan: bool | None, taken: set[str], algo: str = "JOWA") -> str:
+    """A JSON method's name: its file stem, or ``<ALGO>-<PRESET>[ no-plan]`` (JOWA, MTBC or SQL) for a generic or
+    taken stem; unique."""
     name = stem
     if (name in taken or name in ("scores", "result", "results")) and preset and preset != "custom":
-        name = f"JOWA-{preset.upper()}" + ("" if plan is not False else " no-plan")
+        name = f"{algo}-{preset.upper()}" + ("" if plan is not False or algo != "JOWA" else " no-plan")
     return _unique(name, taken)
 
 
@@ -124,7 +129,9 @@ def _load_json(path: Path) -> MethodScores:
         if not np.isfinite(values).all():  # NaN would silently turn every aggregate into NaN
             raise ValueError(f"{path}: game {game!r}: raw_scores hold NaN or infinite values")
         scores[_games.get(game).name] = values
-    return MethodScores(_json_name(path.stem, preset, plan, set()), scores, str(path), preset=preset, plan=plan)
+    algo = _ALGO_NAMES.get((data.get("checkpoint") or {}).get("kind"), "JOWA")
+    return MethodScores(_json_name(path.stem, preset, plan, set(), algo), scores, str(path), preset=preset, plan=plan,
+                        algo=algo)
 
 
 def _load_csv(path: Path, taken: set[str]) -> list[MethodScores]:
@@ -168,7 +175,8 @@ def _load_csv(path: Path, taken: set[str]) -> list[MethodScores]:
 def load_results(paths: list[str] | list[Path]) -> list[MethodScores]:
     """Load ``jowa evaluate`` JSONs (one method each) and ``method,game,score`` CSVs (any number of methods).
 
-    A JSON's method name is its file stem (or ``JOWA-<PRESET>[ no-plan]`` for a generic or repeated stem); its
+    A JSON's method name is its file stem (or ``JOWA-<PRESET>[ no-plan]``, ``MTBC-<PRESET>``, ``SQL-<PRESET>`` by
+    the checkpoint's kind, for a generic or repeated stem); its
     preset and planning flag come from ``checkpoint.config.preset`` and ``agent.plan``. For CSV methods they are
     guessed from the name ('...150M...', '...no-plan...'). JSONs with the same name (e.g. ``ft/Pong/JOWA-FT.json``,
     ``ft/Gravitar/JOWA-FT.json``), disjoint games and the same preset and planning flag are one method.
@@ -190,7 +198,7 @@ def load_results(paths: list[str] | list[Path]) -> list[MethodScores]:
                 same.scores.update(m.scores)
                 same.source += f", {m.source}"
                 continue
-            m.name = _json_name(p.stem, m.preset, m.plan, taken)
+            m.name = _json_name(p.stem, m.preset, m.plan, taken, m.algo)
             taken.add(m.name)
             methods.append(m)
     return methods

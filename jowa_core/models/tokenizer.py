@@ -502,5 +502,5 @@ def load_tokenizer(path: str | Path, device: str | torch.device = "cpu",
         except ConfigError as e:
             raise ckpt.CheckpointError(f"{p / ckpt.META}: bad tokenizer config: {e}") from None
         tok = Tokenizer(cfg)
-        ckpt.load_state_dict_checked(tok, ckpt.load_tensors(p / ckpt.WEIGHTS), p / ckpt.WEIGHTS)
+        ckpt.load_state_dict_checked(tok, ckpt.load_checkpoint_tensors(p), p / ckpt.WEIGHTS)
     return tok.to(device).eval()

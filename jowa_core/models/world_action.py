@@ -227,8 +227,10 @@ class WorldActionModel(nn.Module):
             raise ValueError(f"positions {start}..{start + T} exceed the context of {self.cfg.max_tokens} tokens")
         pos = torch.arange(start, start + T, device=tokens.device)
         is_act = (pos % self.cfg.tokens_per_step == self.cfg.tokens_per_obs)[None, :, None]  # (1, T, 1)
-        tok = torch.where(is_act, self.act_emb(tokens.clamp(0, self.cfg.num_actions - 1)),
-                          self.obs_emb(tokens.clamp(0, self.cfg.obs_vocab - 1)))
+        # each table looks up its own positions only (the others read id 0), so an id outside its table is an
+        # error (IndexError on CPU, a device assert on CUDA), never clamped into a wrong token; no host sync
+        act = is_act[..., 0]  # (1, T)
+        tok = torch.where(is_act, self.act_emb(tokens.masked_fill(~act, 0)), self.obs_emb(tokens.masked_fill(act, 0)))
         task = torch.where(is_act, self.act_task_emb(tasks)[:, None], self.obs_task_emb(tasks)[:, None])
         return self.drop(tok + task + self.pos_emb(pos)[None])
 
