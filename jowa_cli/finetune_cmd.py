@@ -34,6 +34,13 @@ def finetune(
     algo: Annotated[str, typer.Option(
         help="jowa, or a pretrained paper baseline: mtbc or scaled-ql (batch 32, lr 5e-5, 10k steps, best snapshot; "
              "eval.every/eval.episodes/eval.max_frames overrides; docs/baselines.md).")] = "jowa",
+    online: Annotated[
+        bool, typer.Option("--online", help="Fine-tune while playing the game (docs/online.md); --data optional.")
+    ] = False,
+    env_steps: Annotated[int, typer.Option(help="--online: environment steps in all (sets env_steps).")] = 0,
+    rehearsal_data: Annotated[
+        str, typer.Option(help="--online: tokenized pretraining stores for retrieval-based rehearsal.")
+    ] = "",
     json_out: Annotated[str, typer.Option("--json", help="Write the JSON summary here ('-' for stdout).")] = "",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
@@ -46,7 +53,19 @@ def finetune(
 
     Example: jowa finetune --ckpt runs/jowa150m --tokenizer runs/tok --game Pong --data data/ft/Pong.zarr
     --out runs/ft-pong
+
+    --online: the agent plays the game in the emulator and learns from its own replay (<out>/replay/<Game>.zarr),
+    optionally mixed with --data (offline_fraction) and retrieved --rehearsal-data segments (rehearsal_fraction);
+    overrides are OnlineConfig keys (utd, eps_*, guide_*, ...). Example: jowa finetune --online --game Pong
+    --env-steps 100000 --ckpt runs/jowa150m --tokenizer runs/tok --out runs/online-pong
     """
+    if online:
+        if algo != "jowa":
+            raise ValueError("--online fine-tunes JOWA only; leave --algo at jowa")
+        return _online(overrides, ckpt, tokenizer, game, data, out, config, from_scratch, resume, env_steps,
+                       rehearsal_data, json_out, quiet)
+    if env_steps or rehearsal_data:
+        raise ValueError("--env-steps and --rehearsal-data need --online")
     from jowa_core.config import load_config
     from jowa_core.recipes.baselines import run_baseline_finetune
     from jowa_core.recipes.finetune import run_finetune as run
@@ -75,6 +94,30 @@ def finetune(
     reporter = make_reporter(quiet=quiet)
     try:
         summary = run(cfg, ckpt, tokenizer, game, data, out, resume=resume, reporter=reporter)
+    finally:
+        reporter.close()
+    emit_json(summary, json_out or None)
+
+
+def _online(overrides: list[str] | None, ckpt: str, tokenizer: str, game: str, data: str, out: str, config: str,
+            from_scratch: bool, resume: bool, env_steps: int, rehearsal_data: str, json_out: str, quiet: bool) -> None:
+    for name, value in (("--ckpt", ckpt), ("--tokenizer", tokenizer), ("--game", game), ("--out", out)):
+        if not value:
+            raise ValueError(f"{name} is required")
+    from jowa_core.config import load_config
+    from jowa_core.recipes.online import run_online
+    from jowa_core.train.online import OnlineConfig
+
+    extra = list(overrides or [])
+    if from_scratch:
+        extra.append("from_scratch=true")
+    if env_steps:
+        extra.append(f"env_steps={env_steps}")
+    cfg = load_config(OnlineConfig, config or None, extra)
+    reporter = make_reporter(quiet=quiet)
+    try:
+        summary = run_online(cfg, ckpt, tokenizer, game, out, data=data or None,
+                             rehearsal_data=rehearsal_data or None, resume=resume, reporter=reporter)
     finally:
         reporter.close()
     emit_json(summary, json_out or None)

@@ -23,6 +23,9 @@ def pretrain(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint.")
     ] = False,
+    reward_free: Annotated[
+        bool, typer.Option("--reward-free", help="World losses without rewards, stage 1 only (train.reward_free).")
+    ] = False,
     json_out: Annotated[str, typer.Option("--json", help="Write a JSON summary here ('-' for stdout).")] = "",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
@@ -45,9 +48,12 @@ def pretrain(
 
     if not out:
         raise ValueError("--out is required (the run directory)")
+    if reward_free and algo != "jowa":
+        raise ValueError("--reward-free is JOWA's (train.reward_free); the baselines have no such option")
     extra = {"data.path": data} if data else None
+    jowa_overrides = list(overrides or []) + (["train.reward_free=true"] if reward_free else [])
     if check_algo(algo) == "jowa":
-        cfg = load_config(PretrainConfig, config or None, list(overrides or []), extra)
+        cfg = load_config(PretrainConfig, config or None, jowa_overrides, extra)
     else:
         cfg = load_baseline_config(algo, config or None, list(overrides or []), extra)
     import os

@@ -72,6 +72,9 @@ class TrainConfig:
     cql_actions: Literal["valid", "all"] = "valid"  # all = the official code (logsumexp over 18 actions)
     target_update_every: int = 1000
     detach_q_input: bool = False  # sg(L_action) ablation: Q loss does not train the backbone
+    # WPT's reward-free pretraining: world losses on observations and termination only, rewards never read (the
+    # stores may hold none: zeros or NaN); needs stage2_steps=0, the Q head learns in fine-tuning (docs/online.md)
+    reward_free: bool = False
     tokenizer_training: Literal["frozen", "joint_stage1"] = "frozen"  # joint_stage1: the official schedule
     tokenizer_lr: float = 1e-4  # Adam, joint_stage1 only
     tokenizer_batch_size: int = 2048  # frames per step (global), drawn with replacement from the batch's frames
@@ -127,10 +130,11 @@ def jowa_loss(model: nn.Module, batch: dict[str, Tensor], stage: int, cfg: Train
     tokens = segment_tokens(obs_tokens, action)  # (B, L*37)
     heads = ("obs", "reward", "end", "q") if stage == 2 else ("obs", "reward", "end")
     out = model(tokens, batch["game_id"], heads=heads, with_target=stage == 2, detach_q_input=cfg.detach_q_input)
-    w = world_losses(out.obs_logits, out.reward_logits, out.end_logits, obs_tokens, batch["reward"],
-                     batch["terminal"], batch["valid"])
-    world = w["obs"] + w["reward"] + w["end"]
-    terms = {"world_obs": w["obs"], "world_reward": w["reward"], "world_end": w["end"]}
+    reward = torch.zeros_like(batch["reward"]) if cfg.reward_free else batch["reward"]
+    w = world_losses(out.obs_logits, out.reward_logits, out.end_logits, obs_tokens, reward, batch["terminal"],
+                     batch["valid"])
+    world = w["obs"] + w["end"] + (0 if cfg.reward_free else w["reward"])
+    terms = {"world_obs": w["obs"], "world_end": w["end"]} | ({} if cfg.reward_free else {"world_reward": w["reward"]})
     if stage == 1:
         return world, {**terms, "loss": world}
     td = td_loss(out.q_logits, out.q_target_logits, action, batch["reward"], batch["terminal"], batch["valid"],
@@ -483,6 +487,9 @@ def _check_train(tcfg: TrainConfig, ctx: jdist.DistContext) -> None:
         raise ValueError(f"train.batch_size {tcfg.batch_size} is not divisible by {ctx.world_size} processes")
     if tcfg.stage1_steps + tcfg.stage2_steps < 1:
         raise ValueError("train.stage1_steps + train.stage2_steps must be >= 1")
+    if tcfg.reward_free and tcfg.stage2_steps:
+        raise ValueError("train.reward_free needs train.stage2_steps=0: the Q head needs rewards, it learns in "
+                         "fine-tuning")
     if not 0.0 <= tcfg.lr_final_ratio <= 1.0:
         raise ValueError(f"train.lr_final_ratio must be in [0, 1], got {tcfg.lr_final_ratio}")
 
