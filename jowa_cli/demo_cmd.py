@@ -23,10 +23,11 @@ def demo(
 
     Collects random-policy Atari data in DQN-Replay format, converts it to Zarr stores, draws game-balanced
     training segments, trains a demo-sized tokenizer, tokenizes the stores, pretrains a tiny world-action
-    model in both stages, evaluates it with beam-search planning in the emulator (<out>/scores.json) and
-    fine-tunes it on a held-out game (<out>/finetune).
-    Ends with the report (<out>/report: aggregates.csv, report.md, plots). Re-running continues where it
-    stopped. Writes <out>/summary.json.
+    model in both stages, evaluates it with beam-search planning in the emulator (<out>/scores.json),
+    fine-tunes it on a held-out game offline (<out>/finetune) and online in the emulator (<out>/online), trains
+    and evaluates the paper's baselines MTBC and Scaled-QL on the same stores (<out>/baseline-*) and verifies
+    every store and checkpoint in full. Ends with the report (<out>/report: aggregates.csv, report.md, plots).
+    Re-running continues where it stopped. Writes <out>/summary.json.
     """
     from rich.console import Console
     from rich.table import Table
@@ -58,6 +59,11 @@ def demo(
     ft = summary["finetune"]
     Console(quiet=quiet).print(f"finetune on held-out {ft['game']}: final {ft['final']['path']}"
                     + (f", best eval mean {ft['best']['mean']:.1f}" if ft.get("best") else ""))
+    on = summary["online"]
+    Console(quiet=quiet).print(f"finetune --online on {ft['game']}: {on['env_steps']} env steps, {on['updates']} "
+                               f"updates, final {on['final']['path'] if on.get('final') else '-'}")
+    Console(quiet=quiet).print("baselines: " + ", ".join(summary["baselines"]) + "; verify: " + ", ".join(
+        f"{p} {'ok' if v['ok'] else 'PROBLEMS'}" for p, v in summary["verify"].items()))
     Console(quiet=quiet).print(f"report: {summary['report']['out']}/report.md, aggregates.csv, *.png")
     Console(quiet=quiet).print({k: round(v, 1) for k, v in summary["timings"].items()})
     emit_json(summary, json_out or None)
