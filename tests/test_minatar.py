@@ -124,7 +124,7 @@ def test_sticky_actions_are_minatar_own():
         assert env._env.sticky_action_prob == p
     env = MinAtarEnv("MinAtarFreeway", AtariSettings(sticky_actions=0.0, max_episode_steps=50), seed=0)
     env.reset()
-    for i in range(50):
+    for _ in range(50):
         _, _, over, trunc = env.step(1)  # UP
         assert env._env.last_action == env._minatar_actions[1]
     assert trunc and not over and env.terminal

@@ -14,7 +14,8 @@ backends give identical observations and rewards (tested):
   before any is received (the games run in parallel) and a finished slot keeps playing a discarded episode
   until its game's last slot ends.
 * ``loop``: our ``AtariEnv`` (Dopamine's preprocessing) in a Python loop; finished slots cost nothing. It also
-  runs the games jowa plays itself (``jowa_core.envs.catch``, ``jowa_core.envs.minatar``), which ``auto`` therefore sends to it.
+  runs the games jowa plays itself (``jowa_core.envs.catch``, ``jowa_core.envs.minatar``), which ``auto``
+  therefore sends to it.
 
 ``auto`` picks ``vector`` when ale-py has it. The only difference between the two is the observation returned
 with the game-over step itself (Dopamine's stale second buffer), which no agent ever acts on.
