@@ -91,8 +91,10 @@ def _collect_mixture(games: Sequence[str], out: Path, transitions: int, seed: in
     half = max(transitions // 2, 50)
     summaries = []
     for run, policy in ((1, "random"), (2, f"lookahead:{LOOKAHEAD_EPS:g}")):
-        summaries += collect(list(games), [run], out, num_steps=half, capacity=half, policy=policy, seed=seed,
-                             workers=1, settings=settings, reporter=reporter)
+        # a buffer that never wraps (each step adds at most 3 padding rows): with capacity = steps, a lap whose last
+        # add is padding is never saved and prepare-data then rejected the final save (docs/results.md)
+        summaries += collect(list(games), [run], out, num_steps=half, capacity=4 * half + 4, policy=policy,
+                             seed=seed, workers=1, settings=settings, reporter=reporter)
     return summaries
 
 
