@@ -45,3 +45,11 @@ def test_suite_option_errors():
     assert res.exit_code == 2 and "unknown suite" in res.output
     res = CliRunner().invoke(app, ["learning-check", "--out", "x", "--finetune-steps", "3"])
     assert res.exit_code == 2 and "minatar option" in res.output
+
+
+def test_seed_ci_is_a_t_interval_over_seeds():
+    from jowa_core.recipes.minatar import _seed_ci
+
+    ci = _seed_ci([1.0, 2.0, 3.0])
+    assert ci["mean"] == pytest.approx(2.0) and ci["seeds"] == 3
+    assert ci["ci95"] == pytest.approx([2.0 - 4.30 / 3**0.5, 2.0 + 4.30 / 3**0.5])  # t(2) = 4.30, s.d. 1
