@@ -76,7 +76,7 @@ FINETUNE: dict[str, Any] = {
     "stride": 1, "eval_episodes": 0, "train_tokenizer": False, "device": "cpu", "log_every": 100,
     "save_every": 100_000, "amp": "off",
 }
-# Default scale: about an hour on 2 CPU cores (docs/results.md).
+# Default scale (not yet run: about 2 hours on a shared 2-core CPU at the reduced run's speed; docs/results.md).
 TRANSITIONS, HELDOUT_TRANSITIONS, TOKENIZER_STEPS = 20_000, 5_000, 500
 STAGE1_STEPS, STAGE2_STEPS, FINETUNE_STEPS, FINETUNE_SEEDS, EVAL_EPISODES = 1000, 4000, 1000, 3, 16
 MAX_EVAL_STEPS = 2500  # agent steps per episode, data and evaluation (Freeway's own length; others rarely get there)
