@@ -43,8 +43,9 @@ def collect(
     steps: int = typer.Option(..., "--steps", min=1, help="Transitions stored per run (padding excluded)."),
     capacity: int = typer.Option(1_000_000, "--capacity", min=5,
                                  help="Replay buffer size C; a checkpoint is written every C adds."),
-    policy: str = typer.Option("random", "--policy", help="Behaviour policy: random (eps-greedy needs a "
-                               "model checkpoint and is not available yet)."),
+    policy: str = typer.Option("random", "--policy", help="Behaviour policy: random; lookahead:EPS "
+                               "(MinAtar games: emulator rollouts, a uniform action with probability EPS); "
+                               "eps-greedy needs a model checkpoint and is not available yet."),
     seed: int = typer.Option(0, "--seed", min=0, help="Base seed; each run derives its own from "
                              "(seed, game task id, run)."),
     sticky_actions: float = typer.Option(0.25, "--sticky-actions", min=0.0, max=1.0,

@@ -19,6 +19,7 @@ from jowa_core.constants import NUM_FULL_ACTIONS
 __all__ = [
     "FULL_ACTIONS",
     "BUILTIN_GAMES",
+    "MINATAR_GAMES",
     "GAMES",
     "GROUPS",
     "REGISTRY",
@@ -45,6 +46,8 @@ SOURCES: dict[str, str] = {
     "jowa-t17": "JOWA paper (Cheng et al., ICLR 2025), Table 17",
     "jowa-code": "official JOWA code, results/base_scores.py",
     "atari57": "standard Atari-57 random/human table (Badia et al. 2020; DQN Zoo atari_data.py)",
+    "minatar-measured": "measured here: MinAtar (Young & Tian 2019) with sticky actions 0.1: random policy and "
+                        "emulator-lookahead policy (benchmarks/minatar_references.py)",
     "builtin": "exact, from the built-in game's rules (random: expected return of the uniform policy; "
                "human: perfect play)",
 }
@@ -71,7 +74,7 @@ class GameInfo:
     dqn: ReferenceScore | None = None
     beam_width: int | None = None
     difficulty: str | None = None
-    builtin: bool = False  # a built-in game (jowa_core.envs), not an ALE ROM; ``rom`` is then "builtin:<name>"
+    builtin: bool = False  # played by jowa_core.envs, not an ALE ROM; rom "builtin:<name>" or "minatar:<module>"
     _to_full: np.ndarray = field(init=False, repr=False, compare=False)
     _to_minimal: np.ndarray = field(init=False, repr=False, compare=False)
 
@@ -430,7 +433,35 @@ def _build_builtin() -> dict[str, GameInfo]:
 
 # Built-in test games (task ids from 60: a model that trains on them needs max_tasks > their task id).
 BUILTIN_GAMES: dict[str, GameInfo] = _build_builtin()
-REGISTRY: dict[str, GameInfo] = {**GAMES, **BUILTIN_GAMES}  # every game ``get`` knows, in task-id order
+
+
+# MinAtar (Young & Tian 2019, PyPI ``minatar``; played by ``jowa_core.envs.minatar``): name -> (MinAtar module,
+# minimal action set as full ALE indices in MinAtar's ``minimal_action_set`` order; MinAtar's n, l, u, r, d, f are
+# NOOP, LEFT, UP, RIGHT, DOWN, FIRE), and the references measured here (docs/games.md; MinAtar's sticky actions 0.1,
+# whole episodes, ``benchmarks/minatar_references.py --seed 0``): the uniform policy's mean return (500 episodes,
+# Freeway 100) and the emulator-lookahead policy's (``MinAtarEnv.lookahead_action``, no epsilon, 10 episodes) in the
+# ``dqn`` slot, so DNS-style scores are (s - random) / (lookahead - random).
+MINATAR_GAMES_TABLE: dict[str, tuple[str, tuple[int, ...], float, float]] = {
+    "MinAtarAsterix": ("asterix", (0, 4, 2, 3, 5), 0.52, 9.80),
+    "MinAtarBreakout": ("breakout", (0, 4, 3), 0.39, 2.90),
+    "MinAtarFreeway": ("freeway", (0, 2, 5), 0.39, 1.40),
+    "MinAtarSeaquest": ("seaquest", (0, 4, 2, 3, 5, 1), 0.11, 6.50),
+    "MinAtarSpaceInvaders": ("space_invaders", (0, 4, 3, 1), 3.93, 42.10),
+}
+
+
+def _build_minatar() -> dict[str, GameInfo]:
+    first = len(GAMES) + len(BUILTIN_GAMES)
+    return {name: GameInfo(
+        name=name, task_id=first + i, rom=f"minatar:{module}", minimal_actions=actions,
+        random=ReferenceScore(rand, "minatar-measured"), dqn=ReferenceScore(ref, "minatar-measured"),
+        beam_width=_default_beam_width(len(actions)), builtin=True,
+    ) for i, (name, (module, actions, rand, ref)) in enumerate(MINATAR_GAMES_TABLE.items())}
+
+
+# MinAtar games (task ids 61-65: a model that trains on them needs max_tasks >= 66).
+MINATAR_GAMES: dict[str, GameInfo] = _build_minatar()
+REGISTRY: dict[str, GameInfo] = {**GAMES, **BUILTIN_GAMES, **MINATAR_GAMES}  # every game ``get`` knows, by task id
 
 
 def _group(*names: str) -> tuple[str, ...]:
@@ -447,6 +478,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "atari6": _group("Assault", "Carnival", "Centipede", "NameThisGame", "Phoenix", "SpaceInvaders"),
     "all": tuple(GAMES),  # the DQN-Replay games (built-in games are never implied)
     "builtin": tuple(BUILTIN_GAMES),
+    "minatar": tuple(MINATAR_GAMES),
 }
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jowa_core import games
-from jowa_core.games import BUILTIN_GAMES, GAMES, GROUPS, UnknownGameError, get, resolve, task_ids
+from jowa_core.games import BUILTIN_GAMES, GAMES, GROUPS, MINATAR_GAMES, UnknownGameError, get, resolve, task_ids
 
 ALL18 = list(range(18))
 
@@ -168,7 +168,8 @@ def test_groups() -> None:
     assert set(GROUPS["atari6"]) <= set(GROUPS["atari15"])
     assert GROUPS["all"] == tuple(GAMES)
     for name, members in GROUPS.items():
-        assert all(m in (BUILTIN_GAMES if name == "builtin" else GAMES) for m in members)
+        own = {"builtin": BUILTIN_GAMES, "minatar": MINATAR_GAMES}.get(name, GAMES)
+        assert all(m in own for m in members)
         assert len(set(members)) == len(members)
         assert [get(m).task_id for m in members] == sorted(get(m).task_id for m in members)
 

@@ -38,7 +38,7 @@ from jowa_core.procs import die_with_parent
 
 __all__ = ["POLICIES", "CollectError", "Policy", "RandomPolicy", "collect", "collect_run", "make_policy"]
 
-POLICIES = ("random", "eps-greedy")
+POLICIES = ("random", "eps-greedy", "lookahead:EPS")
 SUMMARY_FILE = "collect.json"
 SUMMARY_FORMAT = "jowa-collect/1"
 _PROGRESS_EVERY = 250  # steps between progress reports
@@ -79,10 +79,44 @@ def derive_seeds(seed: int, game: str, run: int) -> tuple[np.random.SeedSequence
     return policy_ss, ale_seed
 
 
-def make_policy(name: str, num_actions: int, seed_seq: np.random.SeedSequence | None = None) -> Policy:
-    """Build a behaviour policy by name; see ``POLICIES``."""
+class LookaheadPolicy:
+    """Epsilon-greedy around the emulator-lookahead action of an env that has ``lookahead_action`` (MinAtar):
+    with probability ``eps`` a uniform action, otherwise ``env.lookahead_action(rng)``."""
+
+    def __init__(self, env: Any, eps: float, rng: np.random.Generator):
+        self.env, self.eps, self.rng = env, float(eps), rng
+
+    def act(self, obs: np.ndarray) -> int:
+        if self.rng.random() < self.eps:
+            return int(self.rng.integers(self.env.num_actions))
+        return int(self.env.lookahead_action(self.rng))
+
+
+def _lookahead_eps(name: str) -> float | None:
+    """EPS of a ``lookahead:EPS`` policy name, None for other names; a ValueError for a bad EPS."""
+    if not name.startswith("lookahead:"):
+        return None
+    try:
+        eps = float(name.split(":", 1)[1])
+    except ValueError:
+        eps = -1.0
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"policy {name!r}: expected lookahead:EPS with EPS in [0, 1], e.g. lookahead:0.25")
+    return eps
+
+
+def make_policy(name: str, num_actions: int, seed_seq: np.random.SeedSequence | None = None,
+                env: Any = None) -> Policy:
+    """Build a behaviour policy by name; see ``POLICIES``. ``lookahead:EPS`` needs the ``env`` it plays (a game
+    whose env has ``lookahead_action``: MinAtar)."""
     if name == "random":
         return RandomPolicy(num_actions, np.random.default_rng(seed_seq))
+    eps = _lookahead_eps(name)
+    if eps is not None:
+        if env is not None and not hasattr(env, "lookahead_action"):
+            raise ValueError(f"policy {name!r} needs a game jowa can copy and roll out (MinAtar); "
+                             f"{env.info.name} cannot")
+        return LookaheadPolicy(env, eps, np.random.default_rng(seed_seq))
     if name == "eps-greedy":
         raise ValueError(
             "policy 'eps-greedy' needs a trained model checkpoint to act greedily, and model "
@@ -186,7 +220,7 @@ def collect_run(
     policy_ss, ale_seed = derive_seeds(seed, info.name, run)
     t0 = time.time()
     env = make_env(info.name, settings, seed=ale_seed)
-    pol = make_policy(policy, env.num_actions, policy_ss)
+    pol = make_policy(policy, env.num_actions, policy_ss, env=env)
     clip = bool(settings.clip_rewards)
 
     returns: list[float] = []

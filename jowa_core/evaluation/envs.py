@@ -14,7 +14,8 @@ backends give identical observations and rewards (tested):
   before any is received (the games run in parallel) and a finished slot keeps playing a discarded episode
   until its game's last slot ends.
 * ``loop``: our ``AtariEnv`` (Dopamine's preprocessing) in a Python loop; finished slots cost nothing. It also
-  runs the built-in games (``jowa_core.envs.catch``), which ``auto`` therefore sends to it.
+  runs the games jowa plays itself (``jowa_core.envs.catch``, ``jowa_core.envs.minatar``), which ``auto``
+  therefore sends to it.
 
 ``auto`` picks ``vector`` when ale-py has it. The only difference between the two is the observation returned
 with the game-over step itself (Dopamine's stale second buffer), which no agent ever acts on.
@@ -33,9 +34,8 @@ import numpy as np
 
 from jowa_core import games as _games
 from jowa_core.config import from_dict
-from jowa_core.envs import make_env
+from jowa_core.envs import builtin_md5, make_env
 from jowa_core.envs.atari import AtariSettings
-from jowa_core.envs.catch import RULES_MD5
 
 __all__ = ["BACKENDS", "EvalSettings", "VecAtari", "resolve_backend", "rom_md5"]
 
@@ -108,7 +108,7 @@ def rom_md5(game: str) -> str:
 
     info = _games.get(game)
     if info.builtin:
-        return RULES_MD5
+        return builtin_md5(info.name)
     path = roms.get_rom_path(info.rom)
     if path is None:
         raise FileNotFoundError(f"ALE ROM {info.rom!r} for {info.name} is not installed")

@@ -535,16 +535,19 @@ def _plots(
         ax.legend(fontsize=8)
         files["scaling.png"] = _save(fig, out / "scaling.png", plt)
     pairs = _planning_pairs(methods)
-    if pairs:
+    # IQM HNS where every method of the pairs has it, else IQM DNS (games with a DQN reference only, e.g. MinAtar)
+    kind = next((k for k in ("human", "dqn") if all(_agg(aggregates, m.name, k, "iqm") for p in pairs for m in p)),
+                None)
+    if pairs and kind:
         fig, ax = plt.subplots(figsize=(6, 4))
         x = np.arange(len(pairs))
         for off, idx, label in ((-0.2, 0, "no planning"), (0.2, 1, "planning")):
-            rows = [_agg(aggregates, p[idx].name, "human", "iqm") for p in pairs]
+            rows = [_agg(aggregates, p[idx].name, kind, "iqm") for p in pairs]
             v = np.array([r["value"] for r in rows])
             err = np.maximum([[r["value"] - r["ci_low"] for r in rows], [r["ci_high"] - r["value"] for r in rows]], 0)
             ax.bar(x + off, v, width=0.4, yerr=err, capsize=3, label=label)
         ax.set_xticks(x, [p[1].preset.upper() if p[1].preset else p[1].name for p in pairs])
-        ax.set_ylabel("IQM HNS")
+        ax.set_ylabel("IQM HNS" if kind == "human" else "IQM DNS")
         ax.set_title("With vs without planning")
         ax.legend()
         files["planning.png"] = _save(fig, out / "planning.png", plt)

@@ -130,7 +130,7 @@ def run_learning_check(out: str | Path, seed: int = 0, transitions: int = TRANSI
         path = out / f"JOWA-TINY-{name}.json"
         res = evaluate(out / "pretrain", out / "tokenizer", [GAME], episodes=eval_episodes, settings=settings,
                        seed=EVAL_SEED + 1000 * int(seed), device="cpu", out_json=path, reporter=reporter, agent=agent)
-        results[name] = _stats(res["games"][GAME]["raw_scores"])
+        results[name] = episode_stats(res["games"][GAME]["raw_scores"])
         results[name]["scores"] = str(path)
         timings[f"evaluate_{name}_s"] = time.perf_counter() - t0
 
@@ -148,7 +148,7 @@ def run_learning_check(out: str | Path, seed: int = 0, transitions: int = TRANSI
         "distinct_token_states": distinct, "states": len(catch.all_states()),
         "random": {"mean": info.random.value if info.random else None, "source": "exact expectation"},
         "perfect": info.human.value if info.human else None,
-        "data": _stats(data_returns), **results, "versus_greedy": versus,
+        "data": episode_stats(data_returns), **results, "versus_greedy": versus,
         "timings": {k: round(v, 1) for k, v in timings.items()},
         "total_s": round(time.perf_counter() - t_all, 1),
         "report": str(out / "report"), "report_files": report.get("files"),
@@ -172,12 +172,15 @@ def distinct_token_states(tokenizer: str | Path) -> int:
     return len({t.tobytes() for t in tokens})
 
 
-def _stats(returns: list[float]) -> dict[str, Any]:
+def episode_stats(returns: list[float]) -> dict[str, Any]:
     """Mean, standard error and a normal 95% interval of episode returns."""
     x = np.asarray(returns, dtype=np.float64)
     sem = float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
     mean = float(x.mean()) if len(x) else float("nan")
     return {"mean": mean, "sem": sem, "ci95": [mean - 1.96 * sem, mean + 1.96 * sem], "episodes": len(x)}
+
+
+_stats = episode_stats  # the name tests/test_learning.py imports
 
 
 def versus_greedy(planner: dict[str, Any], greedy: dict[str, Any], z_max: float = NOISE_Z) -> dict[str, Any]:

@@ -1,0 +1,55 @@
+"""`jowa learning-check --suite minatar` at a tiny scale: the plumbing (collect mixture, stores, tokenizer, multi-game
+pretraining, greedy and planning evaluation, fine-tuning pretrained vs scratch, report, CLI). The numbers at this
+scale mean nothing; docs/results.md records the real runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("minatar")
+
+from jowa_cli.main import app  # noqa: E402
+from jowa_core.recipes.minatar import HELD_OUT, PRETRAIN_GAMES  # noqa: E402
+
+TINY = ["--transitions", "200", "--heldout-transitions", "120", "--tokenizer-steps", "3", "--stage1-steps", "3",
+        "--stage2-steps", "3", "--finetune-steps", "3", "--finetune-seeds", "2", "--episodes", "2",
+        "--max-eval-steps", "30"]
+
+
+@pytest.mark.slow
+def test_minatar_suite_plumbing(tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["learning-check", "--suite", "minatar", "--out", str(out), "--quiet",
+                                   "--json", str(tmp_path / "s.json"), *TINY])
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["pretrain_games"] == list(PRETRAIN_GAMES) and s["held_out"] == HELD_OUT
+    assert set(s["pretrained"]) == set(PRETRAIN_GAMES)
+    for g in PRETRAIN_GAMES:
+        r = s["pretrained"][g]
+        assert r["greedy"]["episodes"] == r["plan"]["episodes"] == 2 and r["data"]["episodes"] >= 1
+    for arm in ("pretrained", "scratch"):
+        assert s["transfer"][arm]["per_seed"]["seeds"] == 2
+    assert (out / "finetune" / "scratch-1" / "summary.json").is_file()
+    rows = (out / "report" / "aggregates.csv").read_text()
+    for method in ("JOWA-tiny-multigame-greedy", "JOWA-tiny-multigame-plan", "JOWA-tiny fine-tuned (pretrained)",
+                   "JOWA-tiny fine-tuned (scratch)", "data (mixture)"):
+        assert method in rows
+
+
+def test_suite_option_errors():
+    res = CliRunner().invoke(app, ["learning-check", "--suite", "pong", "--out", "x"])
+    assert res.exit_code == 2 and "unknown suite" in res.output
+    res = CliRunner().invoke(app, ["learning-check", "--out", "x", "--finetune-steps", "3"])
+    assert res.exit_code == 2 and "minatar option" in res.output
+
+
+def test_seed_ci_is_a_t_interval_over_seeds():
+    from jowa_core.recipes.minatar import _seed_ci
+
+    ci = _seed_ci([1.0, 2.0, 3.0])
+    assert ci["mean"] == pytest.approx(2.0) and ci["seeds"] == 3
+    assert ci["ci95"] == pytest.approx([2.0 - 4.30 / 3**0.5, 2.0 + 4.30 / 3**0.5])  # t(2) = 4.30, s.d. 1
