@@ -20,8 +20,7 @@ from torch import Tensor, nn
 from jowa_core import checkpoint as ckpt
 from jowa_core.config import ConfigError, check_bounds, from_dict
 from jowa_core.constants import NUM_FULL_ACTIONS, TOKENS_PER_OBS
-from jowa_core.models.transformer import Transformer
-from jowa_core.models.world_action import QEnsemble, WorldActionConfig, WorldActionModel
+from jowa_core.models.world_action import QEnsemble, WorldActionConfig, WorldActionModel, add_backbone, init_weights
 
 KIND = "mtbc"  # checkpoint kind
 MASKED = -1e9  # the logit of an action the game cannot play
@@ -77,21 +76,13 @@ class MTBCModel(nn.Module):
     # the world-action model's token embedding and head positions, unchanged (one place for the token layout)
     embed = WorldActionModel.embed
     positions = WorldActionModel.positions
-    _init_weights = staticmethod(WorldActionModel._init_weights)
 
     def __init__(self, cfg: MTBCConfig):
         super().__init__()
         self.cfg = cfg
         E = cfg.embed_dim
-        self.pos_emb = nn.Embedding(cfg.max_tokens, E)
-        self.obs_emb = nn.Embedding(cfg.obs_vocab, E)
-        self.act_emb = nn.Embedding(cfg.num_actions, E)
-        self.obs_task_emb = nn.Embedding(cfg.max_tasks, E)
-        self.act_task_emb = nn.Embedding(cfg.max_tasks, E)
-        self.drop = nn.Dropout(cfg.embed_pdrop)
-        self.transformer = Transformer(cfg.num_layers, E, cfg.num_heads, cfg.attn_pdrop, cfg.resid_pdrop,
-                                       cfg.attention)
-        self.apply(self._init_weights)  # before the head: it keeps PyTorch's default init, as JOWA's Q head
+        add_backbone(self, cfg)
+        self.apply(init_weights)  # before the head: it keeps PyTorch's default init, as JOWA's Q head
         self.head_policy = QEnsemble(cfg.num_q, E, cfg.q_mlp_dim, cfg.num_actions, cfg.q_dropout)
         self._positions: dict[tuple, dict[str, Tensor]] = {}
 

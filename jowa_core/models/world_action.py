@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -147,6 +147,31 @@ def _mlp_head(embed_dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, out_dim))
 
 
+def add_backbone(model: nn.Module, cfg: Any) -> None:
+    """Set JOWA's token layout modules on ``model``: position, observation-token, action and per-token-type task
+    embeddings, embedding dropout and the GPT blocks (``cfg``: a WorldActionConfig or a config with the same
+    fields). Shared by the world-action model and the MTBC baseline, in this order (the order of initialisation)."""
+    E = cfg.embed_dim
+    model.pos_emb = nn.Embedding(cfg.max_tokens, E)
+    model.obs_emb = nn.Embedding(cfg.obs_vocab, E)
+    model.act_emb = nn.Embedding(cfg.num_actions, E)
+    model.obs_task_emb = nn.Embedding(cfg.max_tasks, E)
+    model.act_task_emb = nn.Embedding(cfg.max_tasks, E)
+    model.drop = nn.Dropout(cfg.embed_pdrop)
+    model.transformer = Transformer(cfg.num_layers, E, cfg.num_heads, cfg.attn_pdrop, cfg.resid_pdrop, cfg.attention)
+
+
+def init_weights(m: nn.Module) -> None:
+    """GPT initialisation (normal(0, 0.02) Linear and Embedding weights, zero biases, unit LayerNorms)."""
+    if isinstance(m, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 class WorldActionModel(nn.Module):
     """GPT over (obs tokens, action) steps with world heads and an ensembled C51 Q head."""
 
@@ -154,32 +179,15 @@ class WorldActionModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         E = cfg.embed_dim
-        self.pos_emb = nn.Embedding(cfg.max_tokens, E)
-        self.obs_emb = nn.Embedding(cfg.obs_vocab, E)
-        self.act_emb = nn.Embedding(cfg.num_actions, E)
-        self.obs_task_emb = nn.Embedding(cfg.max_tasks, E)
-        self.act_task_emb = nn.Embedding(cfg.max_tasks, E)
-        self.drop = nn.Dropout(cfg.embed_pdrop)
-        self.transformer = Transformer(cfg.num_layers, E, cfg.num_heads, cfg.attn_pdrop, cfg.resid_pdrop,
-                                       cfg.attention)
+        add_backbone(self, cfg)
         self.head_obs = _mlp_head(E, cfg.obs_vocab)
         self.head_reward = _mlp_head(E, 3)
         self.head_end = _mlp_head(E, 2)
-        self.apply(self._init_weights)  # before the Q heads: they keep PyTorch's default init (as official)
+        self.apply(init_weights)  # before the Q heads: they keep PyTorch's default init (as official)
         self.head_q = QEnsemble(cfg.num_q, E, cfg.q_mlp_dim, cfg.num_actions * cfg.num_atoms, cfg.q_dropout)
         self.head_q_target = copy.deepcopy(self.head_q).requires_grad_(False).eval()
         self.register_buffer("support", torch.linspace(cfg.v_min, cfg.v_max, cfg.num_atoms), persistent=False)
         self._positions: dict[tuple, dict[str, Tensor]] = {}
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if isinstance(m, nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
     def train(self, mode: bool = True) -> WorldActionModel:
         super().train(mode)
