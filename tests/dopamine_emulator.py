@@ -151,17 +151,24 @@ def recoverable_episodes(run: LoggedRun, ckpts: set[int] | None = None, visible_
     final file) do not count: the store takes no stale duplicates. (After a gap, the converter cannot tell
     where an episode starts until it sees a terminal.) With ``visible_starts``, an episode is also recoverable
     when a selected regular file logged after a lost lap (adds never logged just before its window) begins
-    inside the episode's padding or on its first step, and every add from there to its terminal is held.
+    inside the episode's padding or on its first step, and every add from there to its terminal is held. A run
+    whose only file is the final one and whose buffer wrapped (its first lap lost) shows an episode's start the
+    same way when the window begins in the padding that jumped over row C - 1, and the episode's first step comes
+    after that row.
     """
     held: set[int] = set()
-    windows: list[int] = []  # first add of selected regular files logged right after a lost lap
+    windows: list[tuple[int, int]] = []  # (first add of the window, first add its episode's first step may have)
     newest = -1  # newest add index held by any earlier file: older rows of a file are stale copies
+    C = run.capacity
     for f in run.files:
         fresh = [int(a) for a in f["row_adds"] if a > newest]
         if ckpts is None or f["ckpt"] in ckpts:
             held.update(fresh)
-            if fresh and min(fresh) > newest + 1 and not f.get("final") and newest >= 0:
-                windows.append(min(fresh))
+            w = min(fresh) if fresh else 0
+            if fresh and w > newest + 1 and not f.get("final") and newest >= 0:
+                windows.append((w, w))
+            if fresh and w > 0 and f.get("final") and newest < 0:  # the only file, wrapped
+                windows.append((w, w + (C - 1 - w % C) + 1))  # the first step comes after row C - 1's add
         newest = max([newest, *fresh])
     # add indices of each episode
     first_add: dict[int, int] = {}
@@ -177,7 +184,9 @@ def recoverable_episodes(run: LoggedRun, ckpts: set[int] | None = None, visible_
             continue  # episode not finished when the run stopped
         start = first_add[e] - (STACK_SIZE - 1) - 1  # the previous terminal (or -1 at the run start)
         needed = range(max(start, 0), last_add[e] + 1)
-        visible = [w for w in windows if first_add[e] - (STACK_SIZE - 1) <= w <= first_add[e]] if visible_starts else []
+        first = first_add[e]
+        visible = [w for w, lo in windows if first - (STACK_SIZE - 1) <= w <= first and first >= lo]
+        visible = visible if visible_starts else []
         if all(i in held for i in needed) or any(all(i in held for i in range(w, last_add[e] + 1)) for w in visible):
             out.append(e)
     return out

@@ -53,3 +53,26 @@ def test_seed_ci_is_a_t_interval_over_seeds():
     ci = _seed_ci([1.0, 2.0, 3.0])
     assert ci["mean"] == pytest.approx(2.0) and ci["seeds"] == 3
     assert ci["ci95"] == pytest.approx([2.0 - 4.30 / 3**0.5, 2.0 + 4.30 / 3**0.5])  # t(2) = 4.30, s.d. 1
+
+
+def test_object_fidelity_counts_objects_read_back():
+    """A tokenizer that draws the frame scores 1, one that draws an empty screen scores 0 on objects (what the
+    reduced run's 300-step tokenizer did: docs/results.md), one that shifts levels by a step loses them."""
+    import numpy as np
+
+    from jowa_core.envs.minatar import channel_levels, render
+    from jowa_core.recipes.minatar import object_fidelity
+
+    rng = np.random.default_rng(0)
+    frames = np.stack([render(rng.random((10, 10, 4)) < 0.15) for _ in range(8)])  # (8, 84, 84)
+
+    def as_recon(x):
+        return x[:, None].astype(np.float32) / 255.0
+
+    perfect = object_fidelity(as_recon, frames)
+    assert perfect["objects"] == perfect["empty"] == 1.0 and 10 < perfect["cells_per_frame"] < 50
+    blank = object_fidelity(lambda x: as_recon(np.zeros_like(x)), frames)
+    assert blank["objects"] == 0.0 and blank["empty"] == 1.0
+    levels = channel_levels(4)
+    shifted = object_fidelity(lambda x: as_recon(np.where(x == levels[1], levels[2], x)), frames)
+    assert 0.5 < shifted["objects"] < 1.0  # one of four channels read as its neighbour

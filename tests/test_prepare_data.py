@@ -352,6 +352,31 @@ def _run_noop_first(log_dir: Path, lengths: list[int], capacity: int, seed: int)
     return logger.run
 
 
+def test_only_file_final_whose_buffer_wrapped(tmp_path):
+    """Capacity about the run's length: the first lap's save falls on padding, so the final file is the run's only
+    file and its cursor hides that the buffer wrapped (found collecting MinAtar with --capacity = --steps)."""
+    kinds = set()
+    for capacity in range(20, 44):
+        d = tmp_path / str(capacity)
+        lengths = [3 + (capacity * k) % 7 for k in range(capacity // 4)] if capacity > 20 else [5, 6]
+        run = write_run(d / "src" / GAME / "1" / "replay_logs", lengths, capacity, seed=capacity)
+        if len(run.files) != 1:
+            continue
+        (summary,) = prepare_data(_opts(d / "src", d / "out"))
+        expected = recoverable_episodes(run)
+        assert expected
+        _check_store(d / "out" / f"{GAME}.zarr", {1: run}, [(1, e) for e in expected])
+        row_adds, cursor = run.files[0]["row_adds"], run.files[0]["add_count"]
+        if row_adds.max() < capacity:  # never wrapped
+            kinds.add("fresh")
+            assert not any("wrapped" in w for w in summary["warnings"])
+            continue
+        assert any("buffer wrapped" in w for w in summary["warnings"])
+        tail_is_padding = all(run.adds[a] is None for a in row_adds[cursor:])
+        kinds.add("wrapped, tail padding" if tail_is_padding else "wrapped, tail holds a terminal")
+    assert kinds == {"fresh", "wrapped, tail padding", "wrapped, tail holds a terminal"}
+
+
 @pytest.mark.parametrize("noop_first", [False, True])
 def test_episode_whose_start_is_visible_after_lost_lap_is_kept(tmp_path, noop_first):
     offsets = set()

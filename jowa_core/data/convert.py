@@ -41,6 +41,7 @@ from jowa_core.data.dopamine import (
     read_rows,
 )
 from jowa_core.data.stream import (
+    PADDING_ROWS,
     Cover,
     StreamError,
     contiguous_blocks,
@@ -201,7 +202,10 @@ def plan_game(source: Source, game: str, opts: PrepareOptions, out_root: Path, w
             (tp, zp, _), (tf, zf, _) = row_values(prev), row_values(final)
             return bool(np.array_equal(tp[r0:r1], tf[r0:r1]) and np.array_equal(zp[r0:r1], zf[r0:r1]))
 
-        covers = file_covers(add_counts, C, stale_match, warn=warn, label=label)
+        def final_alone(final: int, cursor: int, _all=all_ckpts) -> str:
+            return _final_alone_kind(source.fs, _all[final].path("observation"), row_values(final)[1], cursor)
+
+        covers = file_covers(add_counts, C, stale_match, warn=warn, label=label, final_alone=final_alone)
         run_covers[run] = {n: covers[n] for n in selected}
         for block in contiguous_blocks([covers[n] for n in selected]):
             term = np.concatenate([c.chrono(flags[c.ckpt][0]) for c in block.covers])
@@ -434,16 +438,34 @@ def _fingerprint(opts: PrepareOptions, files_meta: list[dict[str, Any]], game: s
     return hashlib.sha256(fp_src.encode()).hexdigest()[:16]
 
 
+def _final_alone_kind(fs: Any, obs_path: str, zero: np.ndarray, cursor: int) -> str:
+    """``file_covers``' ``final_alone``: did the buffer of a run's only file (the final one, add_count = the
+    cursor) wrap? ``zero`` (C,) marks its all-zero rows (action, reward, terminal).
+
+    Rows a buffer never wrote are zero. If it wrapped, the lap whose save was lost ended in padding that jumped
+    over C - 1, right after a terminal, so rows [cursor, C) hold a terminal or are all padding; in the second
+    case rows 0-2 are not padding again (padding comes 3 rows at a time). Only then are frames read: rows 0-2,
+    at the start of the file.
+    """
+    if not zero[cursor:].all():
+        return "wrapped"
+    head = list(range(min(PADDING_ROWS, cursor)))  # the run's first padding rows, if it never wrapped
+    if zero[head].all() and not any(f.any() for f in read_rows(fs, obs_path, head).values()):
+        return "fresh"
+    return "wrapped_on_padding"
+
+
 def _lost_lap_head(fs: Any, obs_path: str, cover: Cover, zero: np.ndarray) -> int:
-    """Padding rows (0-2) at the start of a window that follows a lost lap.
+    """Padding rows (0-3) at the start of a window that follows a lost lap.
 
     The add that jumped over C - 1 wrote 3 padding rows and an episode's first step, so the window starts on
-    padding row 1 or 2 of it or on the step itself. A row with non-zero action/reward/terminal is the step;
-    when flags cannot tell (a first step can be a no-op with zero reward), the frames decide: padding frames
-    are all zero. Reading them streams the file (row C-1 is its last row), which only this rare case pays.
+    one of the padding rows or on the step itself (a regular file's window: padding row 1 or 2 or the step). A
+    row with non-zero action/reward/terminal is the step; when flags cannot tell (a first step can be a no-op
+    with zero reward), the frames decide: padding frames are all zero. Reading them streams the file (row C-1
+    is its last row), which only this rare case pays.
     """
     n = 0
-    while n < min(2, zero.shape[0] - 1) and zero[n]:
+    while n < min(PADDING_ROWS, zero.shape[0] - 1) and zero[n]:
         n += 1
     if n == 0:
         return 0

@@ -12,6 +12,10 @@ on Dopamine's ``OutOfGraphReplayBuffer``, stack size 4), with C the buffer capac
   file's add_count is larger than the previous one by 2C or more.
 * ``log_final_buffer`` writes a last file with add_count replaced by the cursor (< C). Only the rows written
   since the previous file are new; the rest are stale copies of that file's rows.
+* A run whose only file is the final one may still have wrapped: when its first lap was lost (capacity about
+  the run's length), the cursor alone cannot tell. Rows the buffer never wrote are all zero, so a non-zero row
+  at or after the cursor, or rows 0-2 that are not the run's padding, mean the buffer wrapped
+  (``final_alone``).
 
 Episodes are recovered across file boundaries. After a gap (unselected file, start of the selection) the
 position inside an episode is unknown, so rows are skipped up to the first terminal. After a lost lap it is
@@ -44,7 +48,9 @@ class Cover:
     end: int
     capacity: int
     final: bool = False
-    after_lost_lap: bool = False  # a regular file logged after a lost lap: its window starts an episode
+    # a regular file logged after a lost lap, or a wrapped only file whose window begins in padding: the window
+    # begins inside an episode's padding or on its first step
+    after_lost_lap: bool = False
 
     def rows(self, start: int, end: int) -> list[tuple[int, int]]:
         """Row ranges [r0, r1) holding adds [start, end) (a subrange of this cover), in add order."""
@@ -67,13 +73,18 @@ def file_covers(
     stale_rows_match: Callable[[int, int, int, int], bool] | None = None,
     warn: Callable[[str], None] = lambda msg: None,
     label: str = "",
+    final_alone: Callable[[int, int], str] | None = None,
 ) -> dict[int, Cover]:
     """Which add indices each logged file holds.
 
     ``add_counts`` maps every checkpoint number *present on disk* for the run to its add_count (used to
     place the final file after its predecessor). ``stale_rows_match(prev_ckpt, final_ckpt, r0, r1)`` says
     whether rows [r0, r1) of the final file equal the previous file's, which is what the logger produces
-    when no lap was lost after the previous file.
+    when no lap was lost after the previous file. ``final_alone(ckpt, cursor)`` classifies a run's only file
+    when it may be the final one: ``"fresh"`` (never wrapped: adds [0, cursor)), ``"wrapped"`` (its rows are the
+    last C adds, where an episode starts is unknown until a terminal) or ``"wrapped_on_padding"`` (the last C
+    adds, beginning inside the padding of the episode whose first add jumped over C - 1); without it the file
+    is taken as never wrapped.
     """
     C = capacity
     covers: dict[int, Cover] = {}
@@ -84,6 +95,9 @@ def file_covers(
         last = pos == len(ckpts) - 1
         if a < 0:
             raise StreamError(f"{label}checkpoint {ck}: negative add_count {a}")
+        if last and prev_end is None and a < C and final_alone is not None:
+            covers[ck] = _alone(ck, a, C, final_alone(ck, a), warn, label)
+            break
         if a % C == C - 1 and not (last and prev_end is not None and a < C):
             start, end, final = max(a - C, 0), a, False
         elif last and a < C:
@@ -125,6 +139,18 @@ def file_covers(
         covers[ck] = Cover(ck, start, end, C, final, after_lost_lap=lost)
         prev_ckpt, prev_end = ck, end
     return covers
+
+
+def _alone(ck: int, cursor: int, C: int, kind: str, warn: Callable[[str], None], label: str) -> Cover:
+    """The cover of a run's only file, the final one with add_count ``cursor``, classified as ``kind``."""
+    if kind == "fresh":
+        return Cover(ck, 0, cursor, C, final=True)
+    if kind not in ("wrapped", "wrapped_on_padding"):
+        raise ValueError(f"final_alone returned {kind!r}")
+    warn(f"{label}final checkpoint {ck} is the run's only file but its buffer wrapped (the first lap was never "
+         f"logged); only its last {C} adds are kept and the episode in progress there is cut")
+    start = cursor if cursor > 0 else C  # at least one lap before; add 0 stays the run's start
+    return Cover(ck, start, start + C, C, final=True, after_lost_lap=kind == "wrapped_on_padding")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ import numpy as np
 from jowa_core import games
 from jowa_core.envs.atari import AtariSettings
 
-__all__ = ["GRID", "MINATAR_TO_FULL", "STICKY_ACTIONS", "MinAtarEnv", "channel_levels", "render", "rules_md5"]
+__all__ = ["GRID", "MINATAR_TO_FULL", "STICKY_ACTIONS", "MinAtarEnv", "cell_values", "channel_levels", "render",
+           "rules_md5"]
 
 GRID = 10  # MinAtar's grid side
 SCREEN = 84
@@ -63,6 +64,13 @@ def render(state: np.ndarray, size: int = SCREEN) -> np.ndarray:
 
         screen = np.asarray(cv2.resize(screen, (size, size), interpolation=cv2.INTER_AREA), np.uint8)
     return np.ascontiguousarray(screen)
+
+
+def cell_values(frames: np.ndarray) -> np.ndarray:
+    """(..., 84, 84) frames -> (..., 10, 10): the value at the middle pixel of each cell, the inverse of ``render``
+    on its own frames and a reading of approximate ones (a tokenizer's reconstructions)."""
+    mid = np.array([np.flatnonzero(c == _PIXEL_TO_CELL).mean() for c in range(GRID)]).astype(int)  # (10,)
+    return np.asarray(frames)[..., mid[:, None], mid[None, :]]
 
 
 def rules_md5(game: str) -> str:

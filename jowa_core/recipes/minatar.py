@@ -25,19 +25,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from jowa_core import games as _games
 from jowa_core.config import from_dict
 from jowa_core.data.collect import collect, write_scores_csv
 from jowa_core.data.convert import PrepareOptions, prepare_data
+from jowa_core.data.store import open_store
 from jowa_core.data.tokenize import tokenize_stores
 from jowa_core.envs.atari import AtariSettings
-from jowa_core.envs.minatar import STICKY_ACTIONS
+from jowa_core.envs.minatar import STICKY_ACTIONS, cell_values
 from jowa_core.evaluation.agent import AgentSettings
 from jowa_core.evaluation.envs import EvalSettings
 from jowa_core.evaluation.metrics import normalized
 from jowa_core.evaluation.report import build_report, load_results
 from jowa_core.evaluation.runner import evaluate
+from jowa_core.models.tokenizer import load_tokenizer
 from jowa_core.progress import Reporter, make_reporter
 from jowa_core.recipes.learning import episode_stats, versus_greedy
 from jowa_core.train.finetune import FinetuneConfig, finetune
@@ -80,6 +83,7 @@ FINETUNE: dict[str, Any] = {
 TRANSITIONS, HELDOUT_TRANSITIONS, TOKENIZER_STEPS = 20_000, 5_000, 500
 STAGE1_STEPS, STAGE2_STEPS, FINETUNE_STEPS, FINETUNE_SEEDS, EVAL_EPISODES = 1000, 4000, 1000, 3, 16
 MAX_EVAL_STEPS = 2500  # agent steps per episode, data and evaluation (Freeway's own length; others rarely get there)
+FIDELITY_FRAMES = 512  # frames per store (its last ones) on which the tokenizer's object fidelity is measured
 EVAL_SEED = 2_000_000  # evaluation episodes use seeds EVAL_SEED + 1000 * seed + e, never the data's
 
 
@@ -104,6 +108,35 @@ def _eval(ckpt: Path, tokenizer: Path, games: Sequence[str], agent: AgentSetting
     settings = EvalSettings(sticky_actions=STICKY_ACTIONS, frame_skip=1, max_frames=max_steps)
     return evaluate(ckpt, tokenizer, list(games), episodes=episodes, settings=settings, seed=seed, device="cpu",
                     out_json=path, reporter=reporter, agent=agent)
+
+
+def object_fidelity(reconstruct: Any, frames: np.ndarray) -> dict[str, float]:
+    """How much of the objects a tokenizer keeps: ``reconstruct`` maps (N, 84, 84) uint8 frames to (N, 1, 84, 84)
+    float reconstructions in [0, 1]; each cell of the reconstruction is read as the nearest gray level of the
+    frames. ``objects``: the fraction of occupied cells read back as their own level (a tokenizer that draws an
+    empty screen scores 0); ``empty``: the fraction of empty cells read back empty; ``cells_per_frame``: occupied
+    cells per frame."""
+    truth = cell_values(frames).astype(np.float64)  # (N, 10, 10)
+    rec = cell_values(np.asarray(reconstruct(frames))[:, 0] * 255.0)  # (N, 10, 10)
+    levels = np.unique(np.concatenate([[0.0], truth.ravel()]))
+    read = levels[np.abs(rec[..., None] - levels).argmin(-1)]
+    occupied = truth > 0
+    return {"objects": float((read == truth)[occupied].mean()) if occupied.any() else float("nan"),
+            "empty": float((read == 0)[~occupied].mean()) if (~occupied).any() else float("nan"),
+            "cells_per_frame": float(occupied.sum() / len(frames))}
+
+
+def _fidelity(tok: Path, stores: Sequence[Path], frames: int) -> dict[str, dict[str, float]]:
+    """``object_fidelity`` of the tokenizer at ``tok`` on the last ``frames`` frames of each store."""
+    model = load_tokenizer(tok, device="cpu")
+    out = {}
+    for path in stores:
+        st = open_store(path)
+        n = min(frames, st.num_steps)
+        with torch.no_grad():
+            out[st.game] = object_fidelity(model.reconstruct,
+                                           np.array(st.frames.read_range(st.num_steps - n, st.num_steps)))
+    return out
 
 
 def _seed_ci(values: Sequence[float]) -> dict[str, Any]:
@@ -153,6 +186,10 @@ def run_minatar_suite(out: str | Path, seed: int = 0, transitions: int = TRANSIT
     train_tokenizer(tok_cfg, out / "data", tok, resume=tok.exists(), reporter=reporter)
     for data_dir in (out / "data", out / "data-heldout"):
         tokenize_stores(data_dir, tok, batch_size=512, device="cpu", reporter=reporter)
+    fidelity = _fidelity(tok, [out / "data" / f"{g}.zarr" for g in PRETRAIN_GAMES]
+                         + [out / "data-heldout" / f"{HELD_OUT}.zarr"], FIDELITY_FRAMES)
+    reporter.log("[train-tokenizer] occupied cells read back: " + ", ".join(
+        f"{g} {f['objects']:.2f}" for g, f in fidelity.items()))
     timings["tokenizer_s"] = time.perf_counter() - t0
 
     t0 = stage("pretrain", f"tiny preset on {', '.join(PRETRAIN_GAMES)}: stage 1 {stage1_steps}, stage 2 "
@@ -178,7 +215,7 @@ def run_minatar_suite(out: str | Path, seed: int = 0, transitions: int = TRANSIT
     report = build_report(load_results([out / "data.csv", scores / "JOWA-tiny-multigame-greedy.json",
                                         scores / "JOWA-tiny-multigame-plan.json", out / "finetune.csv"]),
                           out / "report", published="none", reps=1000, seed=seed)
-    summary = _summary(out, seed, data, held, pretrained, transfer, report, timings, t_all,
+    summary = _summary(out, seed, data, held, pretrained, transfer, report, fidelity, timings, t_all,
                        {"transitions": transitions, "heldout_transitions": heldout_transitions,
                         "tokenizer_steps": tokenizer_steps, "pretrain_steps": [stage1_steps, stage2_steps],
                         "finetune_steps": finetune_steps, "finetune_seeds": finetune_seeds,
@@ -221,7 +258,7 @@ def _transfer(out: Path, tok: Path, seed: int, steps: int, seeds: int, episodes:
 
 
 def _summary(out: Path, seed: int, data: list, held: list, pretrained: dict[str, Any], transfer: dict[str, Any],
-             report: dict[str, Any], timings: dict[str, float], t_all: float,
+             report: dict[str, Any], fidelity: dict[str, Any], timings: dict[str, float], t_all: float,
              scale: dict[str, Any]) -> dict[str, Any]:
     per_game = {}
     for g in PRETRAIN_GAMES:
@@ -235,7 +272,7 @@ def _summary(out: Path, seed: int, data: list, held: list, pretrained: dict[str,
     held_returns = [r for s in held for r in s["episode_returns"]]
     return {"suite": "minatar", "seed": int(seed), **scale, "pretrain_games": list(PRETRAIN_GAMES),
             "held_out": HELD_OUT, "data_policies": ["random", f"lookahead:{LOOKAHEAD_EPS:g}"],
-            "sticky_actions": STICKY_ACTIONS, "pretrained": per_game,
+            "sticky_actions": STICKY_ACTIONS, "tokenizer_fidelity": fidelity, "pretrained": per_game,
             "transfer": {**transfer, "data": episode_stats(held_returns),
                          "random": _games.get(HELD_OUT).random.value, "lookahead": _games.get(HELD_OUT).dqn.value},
             "timings": {k: round(v, 1) for k, v in timings.items()},
