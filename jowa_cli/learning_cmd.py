@@ -21,7 +21,7 @@ def learning_check(
              "planning, and transfer to a held-out fifth (hours on 2 CPU cores; docs/results.md).")] = "catch",
     seed: Annotated[int, typer.Option(help="Seed of data collection, training and the evaluation episodes.")] = 0,
     transitions: Annotated[int | None, typer.Option(
-        help="Steps collected per game (default: catch 20000, minatar 20000).")] = None,
+        help="Steps collected per game (default: catch 20000, minatar 10000).")] = None,
     tokenizer_steps: Annotated[int | None, typer.Option(help="Tokenizer training steps.")] = None,
     stage1_steps: Annotated[int | None, typer.Option(help="Pretraining stage-1 (world model) steps.")] = None,
     stage2_steps: Annotated[int | None, typer.Option(help="Pretraining stage-2 (world + Q) steps.")] = None,
@@ -103,6 +103,10 @@ def _print_minatar(s: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    fid = s.get("tokenizer_fidelity") or {}
+    if fid:
+        Console().print("tokenizer: occupied cells read back from its reconstructions: "
+                        + ", ".join(f"{g} {f['objects']:.2f}" for g, f in fid.items()))
     table = Table(title=f"jowa learning-check --suite minatar, seed {s['seed']}: one model, {len(s['pretrain_games'])} "
                         "games (mean return; DNS = (s - random) / (lookahead - random))")
     for col in ("game", "random", "lookahead", "data", "greedy", "plan", "plan - greedy (z)", "DNS greedy / plan"):

@@ -79,8 +79,9 @@ FINETUNE: dict[str, Any] = {
     "stride": 1, "eval_episodes": 0, "train_tokenizer": False, "device": "cpu", "log_every": 100,
     "save_every": 100_000, "amp": "off",
 }
-# Default scale (not yet run: about 2 hours on a shared 2-core CPU at the reduced run's speed; docs/results.md).
-TRANSITIONS, HELDOUT_TRANSITIONS, TOKENIZER_STEPS = 20_000, 5_000, 500
+# Default scale (docs/results.md, run 2). The tokenizer needs about 1,000 steps to leave the empty-screen plateau
+# of its L1 loss; with 300 (the reduced run) it drew no object at all and nothing downstream learned.
+TRANSITIONS, HELDOUT_TRANSITIONS, TOKENIZER_STEPS = 10_000, 5_000, 1500
 STAGE1_STEPS, STAGE2_STEPS, FINETUNE_STEPS, FINETUNE_SEEDS, EVAL_EPISODES = 1000, 4000, 1000, 3, 16
 MAX_EVAL_STEPS = 2500  # agent steps per episode, data and evaluation (Freeway's own length; others rarely get there)
 FIDELITY_FRAMES = 512  # frames per store (its last ones) on which the tokenizer's object fidelity is measured
@@ -95,8 +96,8 @@ def _collect_mixture(games: Sequence[str], out: Path, transitions: int, seed: in
     half = max(transitions // 2, 50)
     summaries = []
     for run, policy in ((1, "random"), (2, f"lookahead:{LOOKAHEAD_EPS:g}")):
-        # a buffer that never wraps (each step adds at most 3 padding rows): with capacity = steps, a lap whose last
-        # add is padding is never saved and prepare-data then rejected the final save (docs/results.md)
+        # a buffer that never wraps (each step adds at most 3 padding rows), so every step is kept: with capacity =
+        # steps the buffer wraps once and prepare-data keeps only its last lap (docs/results.md)
         summaries += collect(list(games), [run], out, num_steps=half, capacity=4 * half + 4, policy=policy,
                              seed=seed, workers=1, settings=settings, reporter=reporter)
     return summaries
