@@ -59,4 +59,5 @@ def mean_across_ranks(values: dict[str, float], ctx: DistContext) -> dict[str, f
 
 def teardown(ctx: DistContext) -> None:
     if ctx.distributed and dist.is_initialized():
+        dist.barrier()  # no rank closes its pairs while a peer is still talking
         dist.destroy_process_group()

@@ -11,14 +11,17 @@ from typing import Protocol, TextIO
 
 
 class Reporter(Protocol):
-    def task(self, description: str, total: float | None = None, unit: str = "") -> int: ...
+    """``task(..., completed=n)``: n units were done before this process started (a resumed job); they show in
+    the count and the ETA but not in the rate."""
+
+    def task(self, description: str, total: float | None = None, unit: str = "", completed: float = 0.0) -> int: ...
     def advance(self, task: int, amount: float = 1.0) -> None: ...
     def log(self, message: str) -> None: ...
     def close(self) -> None: ...
 
 
 class NullReporter:
-    def task(self, description: str, total: float | None = None, unit: str = "") -> int:
+    def task(self, description: str, total: float | None = None, unit: str = "", completed: float = 0.0) -> int:
         return 0
 
     def advance(self, task: int, amount: float = 1.0) -> None:
@@ -39,9 +42,10 @@ class PlainReporter:
         self.interval = interval
         self.tasks: dict[int, dict] = {}
 
-    def task(self, description: str, total: float | None = None, unit: str = "") -> int:
+    def task(self, description: str, total: float | None = None, unit: str = "", completed: float = 0.0) -> int:
         tid = len(self.tasks)
-        self.tasks[tid] = {"d": description, "total": total, "unit": unit, "done": 0.0, "t0": time.time(), "last": 0.0}
+        self.tasks[tid] = {"d": description, "total": total, "unit": unit, "done": float(completed),
+                           "start": float(completed), "t0": time.time(), "last": 0.0}
         return tid
 
     def advance(self, task: int, amount: float = 1.0) -> None:
@@ -55,7 +59,7 @@ class PlainReporter:
 
     def _line(self, t: dict, now: float) -> None:
         elapsed = max(now - t["t0"], 1e-9)
-        rate = t["done"] / elapsed
+        rate = (t["done"] - t["start"]) / elapsed
         total = t["total"]
         if total:
             eta = (total - t["done"]) / rate if rate > 0 else float("inf")
@@ -102,8 +106,8 @@ class RichReporter:
         self.units: dict[int, str] = {}
         self.progress.start()
 
-    def task(self, description: str, total: float | None = None, unit: str = "") -> int:
-        tid = self.progress.add_task(description, total=total, rate="")
+    def task(self, description: str, total: float | None = None, unit: str = "", completed: float = 0.0) -> int:
+        tid = self.progress.add_task(description, total=total, completed=completed, rate="")
         self.units[tid] = unit
         return tid
 

@@ -331,9 +331,9 @@ class _QueueReporter:
         self.acc: dict[int, float] = {}
         self.last = time.time()
 
-    def task(self, description: str, total: float | None = None, unit: str = "") -> int:
+    def task(self, description: str, total: float | None = None, unit: str = "", completed: float = 0.0) -> int:
         self.n += 1
-        self.q.put(("task", (self.pid, self.n), description, total, unit))
+        self.q.put(("task", (self.pid, self.n), description, total, unit, completed))
         return self.n
 
     def advance(self, task: int, amount: float = 1.0) -> None:
@@ -444,7 +444,7 @@ def _collect_pairs(pairs: list[tuple[str, int]], common: dict[str, Any], workers
             while True:
                 if reporter is not None:
                     if msg[0] == "task":
-                        ids[msg[1]] = reporter.task(msg[2], msg[3], msg[4])
+                        ids[msg[1]] = reporter.task(msg[2], msg[3], msg[4], msg[5])
                     elif msg[0] == "advance" and msg[1] in ids:
                         reporter.advance(ids[msg[1]], msg[2])
                     elif msg[0] == "log":

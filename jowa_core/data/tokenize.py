@@ -176,8 +176,7 @@ def tokenize_stores(
             arr, done = _open_partial(partial, n, {**meta, "num_frames": n})
             if done:
                 reporter.log(f"{st.game}: continuing a partial {ARRAY} at row {done}/{n}")
-            task = reporter.task(f"tokenize {st.game}", total=n, unit="frames")
-            reporter.advance(task, done)
+            task = reporter.task(f"tokenize {st.game}", total=n, unit="frames", completed=done)
             reader = st.frames
 
             def read(lo: int, hi: int, reader=reader) -> np.ndarray:

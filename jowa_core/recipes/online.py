@@ -219,8 +219,7 @@ def run_online(cfg: OnlineConfig, ckpt_path: str | os.PathLike, tokenizer: str |
     n_sum = 0
     t0 = time.perf_counter() - state["elapsed_s"]
     stop_at = min(cfg.env_steps, cfg.stop_after) if cfg.stop_after else cfg.env_steps
-    task = reporter.task("online", total=cfg.env_steps, unit="env steps")
-    reporter.advance(task, env_step)
+    task = reporter.task("online", total=cfg.env_steps, unit="env steps", completed=env_step)
 
     def checkpoint() -> None:
         replay.save(out / REPLAY_DIR, tok_sha, {"seed": cfg.seed, "source": str(ckpt_path)}, to_dict(tok.cfg))

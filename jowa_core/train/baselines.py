@@ -193,8 +193,7 @@ def _train(algo_factory, cfg, out: Path, resume: bool, reporter, ctx: jdist.Dist
                            "eval_score"], state["step"], ctx.is_main,
                      tensorboard=algo.kind if tcfg.tensorboard else None,
                      wandb={"project": tcfg.wandb_project, "config": to_dict(cfg)} if tcfg.wandb else None)
-    task = reporter.task(algo.kind, total=tcfg.steps, unit="steps")
-    reporter.advance(task, state["step"])
+    task = reporter.task(algo.kind, total=tcfg.steps, unit="steps", completed=state["step"])
     sums: dict[str, Tensor] = {}
     n_sum, t_last, t0 = 0, time.perf_counter(), time.perf_counter()
     stop_at = min(tcfg.steps, tcfg.stop_after) if tcfg.stop_after else tcfg.steps

@@ -485,8 +485,7 @@ def finetune(cfg: FinetuneConfig, ckpt_path: str | os.PathLike, tokenizer: str |
     run_cfg = _RunConfig(mcfg, cfg, run.inputs)
     real_batches = _Cursor(run.loader, state["real"])
     syn_batches = _Cursor(run.syn_loader, state["synthetic"]) if run.syn_loader is not None else None
-    task = reporter.task("finetune", total=total, unit="steps")
-    reporter.advance(task, state["step"])
+    task = reporter.task("finetune", total=total, unit="steps", completed=state["step"])
     evals: list[dict[str, Any]] = state["evals"]
     best: dict[str, Any] | None = state["best"]
     sums: dict[str, float] = state["log_sums"]

@@ -406,8 +406,7 @@ def _pretrain(cfg: PretrainConfig, tcfg: TrainConfig, dcfg: DataConfig, out: Pat
 
     log = MetricsLog(out, METRICS, state["step"], ctx.is_main, tensorboard="pretrain" if tcfg.tensorboard else None,
                      wandb={"project": tcfg.wandb_project, "config": to_dict(cfg)} if tcfg.wandb else None)
-    task = reporter.task("pretrain", total=total_steps, unit="steps")
-    reporter.advance(task, state["step"])
+    task = reporter.task("pretrain", total=total_steps, unit="steps", completed=state["step"])
     sums: dict[str, Tensor] = {}
     n_sum, t_last, t0 = 0, time.perf_counter(), time.perf_counter()
     tokens_per_batch = tcfg.batch_size * dcfg.seq_len * cfg.model.tokens_per_step

@@ -369,9 +369,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data: str | os.PathLike, out: str
 
     metrics = MetricsLog(out, METRIC_COLUMNS, start)
     dataset = FrameBatches(parts, cfg.batch_size, cfg.seed)
-    task = reporter.task("train tokenizer", total=cfg.steps, unit="steps")
-    if start:
-        reporter.advance(task, start)
+    task = reporter.task("train tokenizer", total=cfg.steps, unit="steps", completed=start)
     t_begin = time.perf_counter()
     t_window, frames_window = t_begin, 0
     last_row: dict[str, Any] = {}
