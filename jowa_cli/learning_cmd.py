@@ -18,7 +18,7 @@ def learning_check(
     out: Annotated[str, typer.Option(help="Folder for the run (data, tokenizer, pretrain, scores, report).")] = "",
     suite: Annotated[str, typer.Option(
         help="catch: the built-in Catch game from random data (minutes); minatar: pretraining on 4 MinAtar games, "
-             "planning, and transfer to a held-out fifth (hours on 2 CPU cores; docs/results.md).")] = "catch",
+             "planning, and transfer to a held-out fifth (about 1 hour on 2 idle CPU cores; docs/results.md).")] = "catch",
     seed: Annotated[int, typer.Option(help="Seed of data collection, training and the evaluation episodes.")] = 0,
     transitions: Annotated[int | None, typer.Option(
         help="Steps collected per game (default: catch 20000, minatar 10000).")] = None,
