@@ -151,6 +151,21 @@ def test_lookahead_policy_beats_random_and_leaves_the_game_alone():
         make_policy("lookahead:0.5", 3, env=make_env("Catch"))
 
 
+def test_lookahead_action_plays_a_best_lookahead_value():
+    """Same random stream: the action is one of the highest-valued; ties are broken among the best only."""
+    env = MinAtarEnv("MinAtarSpaceInvaders", AtariSettings(sticky_actions=0.0), seed=3)
+    env.reset()
+    seen_unique = False
+    for t in range(30):
+        values = env.lookahead_values(np.random.default_rng(t))
+        assert values.shape == (env.num_actions,)
+        action = env.lookahead_action(np.random.default_rng(t))
+        assert values[action] == values.max(), (t, values, action)
+        seen_unique |= int((values == values.max()).sum()) == 1
+        env.step(int(np.random.default_rng(100 + t).integers(env.num_actions)))
+    assert seen_unique  # the check above is not vacuous
+
+
 def test_registry_random_reference_matches_a_fresh_measurement():
     for name in ("MinAtarBreakout", "MinAtarSpaceInvaders"):
         x = np.asarray(policy_returns(name, "random", 200, seed=12345))

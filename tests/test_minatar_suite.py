@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 pytest.importorskip("minatar")
 
 from jowa_cli.main import app  # noqa: E402
-from jowa_core.recipes.minatar import HELD_OUT, PRETRAIN_GAMES  # noqa: E402
+from jowa_core.recipes.minatar import DATA_POLICIES, HELD_OUT, PRETRAIN_GAMES  # noqa: E402
 
 TINY = ["--transitions", "200", "--heldout-transitions", "120", "--tokenizer-steps", "3", "--stage1-steps", "3",
         "--stage2-steps", "3", "--finetune-steps", "3", "--finetune-seeds", "2", "--episodes", "2",
@@ -27,6 +27,10 @@ def test_minatar_suite_plumbing(tmp_path):
     assert res.exit_code == 0, res.output
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["pretrain_games"] == list(PRETRAIN_GAMES) and s["held_out"] == HELD_OUT
+    assert s["data_policies"] == list(DATA_POLICIES)
+    for game in PRETRAIN_GAMES:  # run k of every game played DATA_POLICIES[k - 1]
+        runs = sorted(p.name for p in (out / "raw" / game).iterdir())
+        assert runs == [str(k) for k in range(1, len(DATA_POLICIES) + 1)], (game, runs)
     assert set(s["pretrained"]) == set(PRETRAIN_GAMES)
     for g in PRETRAIN_GAMES:
         r = s["pretrained"][g]

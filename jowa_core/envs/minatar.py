@@ -144,10 +144,10 @@ class MinAtarEnv:
         self._needs_reset = self.terminal
         return self._obs(), float(reward), self.game_over, truncated
 
-    def lookahead_action(self, rng: np.random.Generator, horizon: int = 8, rollouts: int = 2) -> int:
-        """The minimal action whose random rollouts from copies of the current game (``rollouts`` per action,
-        ``horizon`` steps each, fresh random streams) earn the most reward, an episode's end counting -1; ties
-        are broken at random. The emulator's own state is not touched."""
+    def lookahead_values(self, rng: np.random.Generator, horizon: int = 8, rollouts: int = 2) -> np.ndarray:
+        """(num_actions,) summed reward of ``rollouts`` random rollouts per minimal action from copies of the current
+        game (``horizon`` steps each, the first action fixed, fresh random streams), an episode's end counting -1.
+        The emulator's own state is not touched."""
         values = np.zeros(self.num_actions)
         for a in range(self.num_actions):
             for _ in range(rollouts):
@@ -161,6 +161,12 @@ class MinAtarEnv:
                     r, done = sim.act(self._minatar_actions[int(rng.integers(self.num_actions))])
                     total += float(r)
                 values[a] += total - float(done)
+        return values
+
+    def lookahead_action(self, rng: np.random.Generator, horizon: int = 8, rollouts: int = 2) -> int:
+        """The minimal action with the highest ``lookahead_values``; ties (often all actions: nothing happens within
+        the horizon) are broken at random."""
+        values = self.lookahead_values(rng, horizon, rollouts)
         best = np.flatnonzero(values == values.max())
         return int(rng.choice(best))
 

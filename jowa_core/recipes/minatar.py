@@ -8,8 +8,9 @@
    seeds, reported as DNS-style scores by ``jowa report``.
 
 Data (``jowa collect`` format, MinAtar's sticky actions 0.1 as evaluated): a DQN-Replay-like mixture of policies of
-mixed quality for every game: half the steps from the uniform random policy (run 1) and half from the emulator-
-lookahead policy with epsilon ``LOOKAHEAD_EPS`` (run 2, ``lookahead:EPS``; ``MinAtarEnv.lookahead_action``). The
+mixed quality for every game, like the runs of a DQN agent that improves: equal shares of the steps from each of
+``DATA_POLICIES`` (run k plays the k-th), the uniform random policy and the emulator-lookahead policy with a falling
+epsilon (``lookahead:EPS``; ``MinAtarEnv.lookahead_action``). The
 tokenizer is trained on the four pretraining games only and kept frozen for the held-out game (both fine-tuning arms
 use it, so they differ only in the world-action model's initialisation). Every setting is a constant below;
 ``docs/results.md`` has the numbers.
@@ -51,7 +52,11 @@ PRETRAIN_GAMES: tuple[str, ...] = ("MinAtarAsterix", "MinAtarFreeway", "MinAtarS
 # Breakout is held out: its actions (NOOP, LEFT, RIGHT) all occur in the pretraining games, as the paper's held-out
 # games' do in its 15, and it is the cheapest game to evaluate.
 HELD_OUT = "MinAtarBreakout"
-LOOKAHEAD_EPS = 0.5  # run 2's behaviour policy: lookahead:0.5 (run 1: uniform random)
+# Run k of each game plays DATA_POLICIES[k - 1] for an equal share of the steps. Run 2's "random + lookahead:0.5"
+# mixture (docs/results.md) was too close to uniform for anything to learn from its actions: the lookahead policy
+# has a unique best action in only 1-37% of states (ties are broken at random), so a behaviour-cloning model could
+# not predict the data's actions (loss at log(#actions)) and Q-hat did not rank them.
+DATA_POLICIES: tuple[str, ...] = ("random", "lookahead:0.5", "lookahead:0.2", "lookahead:0.05")
 # A tokenizer like Catch's (no attention or ResNet blocks in the encoder, codebook restarts) with a larger codebook:
 # a 14-pixel token patch spans parts of up to four MinAtar cells of up to 10 gray levels.
 TOKENIZER: dict[str, Any] = {
@@ -90,15 +95,15 @@ EVAL_SEED = 2_000_000  # evaluation episodes use seeds EVAL_SEED + 1000 * seed +
 
 def _collect_mixture(games: Sequence[str], out: Path, transitions: int, seed: int, max_steps: int,
                      reporter: Reporter) -> list:
-    """Half the steps random (run 1), half ``lookahead:LOOKAHEAD_EPS`` (run 2) for each game, episodes cut at
-    ``max_steps`` as in the evaluation; the summaries."""
+    """An equal share of the steps from each of ``DATA_POLICIES`` (run k plays the k-th) for each game, episodes cut
+    at ``max_steps`` as in the evaluation; the summaries."""
     settings = AtariSettings(sticky_actions=STICKY_ACTIONS, max_episode_steps=max_steps)
-    half = max(transitions // 2, 50)
+    share = max(transitions // len(DATA_POLICIES), 50)
     summaries = []
-    for run, policy in ((1, "random"), (2, f"lookahead:{LOOKAHEAD_EPS:g}")):
+    for run, policy in enumerate(DATA_POLICIES, start=1):
         # a buffer that never wraps (each step adds at most 3 padding rows), so every step is kept: with capacity =
         # steps the buffer wraps once and prepare-data keeps only its last lap (docs/results.md)
-        summaries += collect(list(games), [run], out, num_steps=half, capacity=4 * half + 4, policy=policy,
+        summaries += collect(list(games), [run], out, num_steps=share, capacity=4 * share + 4, policy=policy,
                              seed=seed, workers=1, settings=settings, reporter=reporter)
     return summaries
 
@@ -168,7 +173,7 @@ def run_minatar_suite(out: str | Path, seed: int = 0, transitions: int = TRANSIT
         return time.perf_counter()
 
     t0 = stage("collect", f"{len(PRETRAIN_GAMES)} games x {transitions} steps + {HELD_OUT} x {heldout_transitions}: "
-                          f"half random, half lookahead:{LOOKAHEAD_EPS:g}, sticky actions {STICKY_ACTIONS}")
+                          f"equal shares of {', '.join(DATA_POLICIES)}, sticky actions {STICKY_ACTIONS}")
     data = _collect_mixture(PRETRAIN_GAMES, out / "raw", transitions, seed, max_eval_steps, reporter)
     held = _collect_mixture([HELD_OUT], out / "raw-heldout", heldout_transitions, seed, max_eval_steps, reporter)
     write_scores_csv(data + held, out / "data.csv", "data (mixture)")
@@ -272,7 +277,7 @@ def _summary(out: Path, seed: int, data: list, held: list, pretrained: dict[str,
                        "dns_plan": float(normalized(plan["mean"], g, "dqn"))}
     held_returns = [r for s in held for r in s["episode_returns"]]
     return {"suite": "minatar", "seed": int(seed), **scale, "pretrain_games": list(PRETRAIN_GAMES),
-            "held_out": HELD_OUT, "data_policies": ["random", f"lookahead:{LOOKAHEAD_EPS:g}"],
+            "held_out": HELD_OUT, "data_policies": list(DATA_POLICIES),
             "sticky_actions": STICKY_ACTIONS, "tokenizer_fidelity": fidelity, "pretrained": per_game,
             "transfer": {**transfer, "data": episode_stats(held_returns),
                          "random": _games.get(HELD_OUT).random.value, "lookahead": _games.get(HELD_OUT).dqn.value},
