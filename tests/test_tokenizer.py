@@ -463,6 +463,24 @@ def test_resume_is_bit_for_bit(data, tmp_path):
     assert all(torch.equal(oa["state"][i]["exp_avg_sq"], ob["state"][i]["exp_avg_sq"]) for i in oa["state"])
 
 
+def test_init_starts_from_a_tokenizers_weights(data, tiny_run, tmp_path):
+    """``init``: the run starts from the given tokenizer (one step at a negligible lr stays at its weights, a
+    random start does not); another architecture or a missing path is a clear error before any training."""
+    src, _ = tiny_run
+    start = load_tokenizer(src).state_dict()
+    train_tokenizer(train_cfg(steps=1, lr=1e-9, heldout_frames=4, init=str(src)), data, tmp_path / "init")
+    train_tokenizer(train_cfg(steps=1, lr=1e-9, heldout_frames=4), data, tmp_path / "fresh")
+    got, fresh = load_tokenizer(tmp_path / "init").state_dict(), load_tokenizer(tmp_path / "fresh").state_dict()
+    float_keys = [k for k in start if start[k].is_floating_point()]
+    assert all(torch.allclose(got[k], start[k], atol=1e-6) for k in float_keys)
+    assert not all(torch.allclose(fresh[k], start[k], atol=1e-3) for k in float_keys)
+    with pytest.raises(TrainError, match="vocab_size"):
+        train_tokenizer(train_cfg(steps=1, init=str(src), model={**TINY, "vocab_size": 64}), data, tmp_path / "x")
+    with pytest.raises(TrainError, match="cannot load"):
+        train_tokenizer(train_cfg(steps=1, init=str(tmp_path / "missing")), data, tmp_path / "y")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()  # nothing written
+
+
 # --------------------------------------------------------------------------------------------------------
 # Tokenizing stores
 

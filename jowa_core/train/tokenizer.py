@@ -45,7 +45,14 @@ from jowa_core.constants import CONFIG_FILE, FINAL_DIR, OPTIMIZER_FILE, STATE_FI
 from jowa_core.data.store import FRAME_SHAPE, FrameReader, GameStore, StoreError, list_stores, open_store
 from jowa_core.devices import pick_device
 from jowa_core.models.lpips import LPIPS, load_lpips
-from jowa_core.models.tokenizer import KIND, Tokenizer, TokenizerConfig, restart_dead_codes, tokenizer_tensors
+from jowa_core.models.tokenizer import (
+    KIND,
+    Tokenizer,
+    TokenizerConfig,
+    load_tokenizer,
+    restart_dead_codes,
+    tokenizer_tensors,
+)
 from jowa_core.progress import NullReporter, Reporter
 from jowa_core.train.run import MetricsLog, checkpoint_path, prepare_run, rng_state, set_rng_state, training_checkpoint
 from jowa_core.train.step import optimizer_step
@@ -85,6 +92,9 @@ class TokenizerTrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (as the official code); ignored on CPU
     num_workers: int = 4  # DataLoader processes reading frames
     restart_dead_codes: int = 0  # >0: re-initialise codes unused for this many steps (not in the paper; 0 = off)
+    # start from this tokenizer's weights (a checkpoint or run directory, same ``model``) instead of a random
+    # initialisation, e.g. to adapt a pretrained tokenizer to a new game; the optimiser starts fresh
+    init: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "save_every", "grid_every"):
@@ -263,6 +273,20 @@ def save_training_checkpoint(out: Path, step: int, model: Tokenizer, opt: torch.
     return checkpoint_path(out, step)
 
 
+def _init_weights(cfg: TokenizerTrainConfig) -> dict[str, torch.Tensor]:
+    """The weights of the tokenizer ``cfg.init``; a TrainError if it cannot be read or its architecture is not
+    ``cfg.model``."""
+    try:
+        init = load_tokenizer(cfg.init, device="cpu")
+    except (OSError, ValueError) as e:
+        raise TrainError(f"init={cfg.init}: cannot load a tokenizer from it: {e}") from None
+    old, new = to_dict(init.config), to_dict(cfg.model)
+    if old != new:
+        detail = ", ".join(f"{k}: {old.get(k)!r} vs {new.get(k)!r}" for k in sorted(old) if old.get(k) != new.get(k))
+        raise TrainError(f"init={cfg.init}: its architecture differs from model ({detail}); use its model settings")
+    return init.state_dict()
+
+
 def _check_resumable(path: Path, cfg: TokenizerTrainConfig, data_info: list[dict[str, Any]]) -> int:
     meta = ckpt.read_meta(path)
     state = ckpt.read_json(path / STATE_FILE)
@@ -323,6 +347,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data: str | os.PathLike, out: str
     except StoreError as e:
         raise TrainError(str(e)) from None
     device = _resolve_device(cfg.device)
+    init = _init_weights(cfg) if cfg.init else None  # fails before anything is written
 
     try:
         latest = prepare_run(out, resume)
@@ -341,6 +366,9 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data: str | os.PathLike, out: str
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     code_age = torch.zeros(cfg.model.vocab_size, dtype=torch.long, device=device)  # steps since each code was used
     start = 0
+    if init is not None and latest is None:
+        model.load_state_dict(init)
+        reporter.log(f"starting from the weights of {cfg.init}")
     if latest is not None:
         start = _check_resumable(latest, cfg, data_info)
         _, tensors = ckpt.load_model(latest, KIND, device=device)
