@@ -18,7 +18,8 @@ def learning_check(
     out: Annotated[str, typer.Option(help="Folder for the run (data, tokenizer, pretrain, scores, report).")] = "",
     suite: Annotated[str, typer.Option(
         help="catch: the built-in Catch game from random data (minutes); minatar: pretraining on 4 MinAtar games, "
-             "planning, and transfer to a held-out fifth (about 1 hour on 2 idle CPU cores; docs/results.md).")] = "catch",
+             "planning, and transfer to a held-out fifth (about 1 hour on 2 idle CPU cores; docs/results.md).",
+    )] = "catch",
     seed: Annotated[int, typer.Option(help="Seed of data collection, training and the evaluation episodes.")] = 0,
     transitions: Annotated[int | None, typer.Option(
         help="Steps collected per game (default: catch 20000, minatar 10000).")] = None,
@@ -35,6 +36,9 @@ def learning_check(
     finetune_steps: Annotated[int | None, typer.Option(help="minatar only: fine-tuning steps per run.")] = None,
     finetune_seeds: Annotated[int | None, typer.Option(
         help="minatar only: seeds of each fine-tuning arm (pretrained, scratch).")] = None,
+    adapt_steps: Annotated[int | None, typer.Option(
+        help="minatar only: steps adapting the pretraining tokenizer to the held-out game before fine-tuning "
+             "(default 300).")] = None,
     max_eval_steps: Annotated[int | None, typer.Option(
         help="minatar only: agent steps per evaluation episode at most (default 2500, Freeway's length).")] = None,
     json_out: Annotated[str, typer.Option("--json", help="Write the summary as JSON here ('-' for stdout).")] = "",
@@ -61,7 +65,7 @@ def learning_check(
                                "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
                                "eval_episodes": episodes}.items() if v is not None}
     minatar_only = {k: v for k, v in {"heldout_transitions": heldout_transitions, "finetune_steps": finetune_steps,
-                                      "finetune_seeds": finetune_seeds,
+                                      "finetune_seeds": finetune_seeds, "adapt_steps": adapt_steps,
                                       "max_eval_steps": max_eval_steps}.items() if v is not None}
     if suite == "catch" and minatar_only:
         raise ValueError(f"--{next(iter(minatar_only)).replace('_', '-')} is a minatar option (--suite minatar)")
@@ -118,6 +122,9 @@ def _print_minatar(s: dict[str, Any]) -> None:
                       f"{v['difference']:+.2f} ({v['z']:+.1f})", f"{r['dns_greedy']:.2f} / {r['dns_plan']:.2f}")
     Console().print(table)
     t = s["transfer"]
+    if t.get("tokenizer_fidelity"):
+        Console().print(f"tokenizer adapted to {t['game']} ({s['adapt_steps']} steps): occupied cells read back "
+                        f"{t['tokenizer_fidelity']['objects']:.2f}")
     table = Table(title=f"held out: {t['game']}, fine-tuned {s['finetune_steps']} steps on "
                         f"{s['heldout_transitions']} transitions, {s['finetune_seeds']} seeds (95% CI over seeds)")
     for col in ("initialisation", "mean return", "95% CI", "DNS", "per seed"):

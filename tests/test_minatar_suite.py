@@ -12,11 +12,12 @@ from typer.testing import CliRunner
 pytest.importorskip("minatar")
 
 from jowa_cli.main import app  # noqa: E402
+from jowa_core.data.tokenize import existing_tokens_attrs  # noqa: E402
 from jowa_core.recipes.minatar import DATA_POLICIES, HELD_OUT, PRETRAIN_GAMES  # noqa: E402
 
 TINY = ["--transitions", "200", "--heldout-transitions", "120", "--tokenizer-steps", "3", "--stage1-steps", "3",
-        "--stage2-steps", "3", "--finetune-steps", "3", "--finetune-seeds", "2", "--episodes", "2",
-        "--max-eval-steps", "30"]
+        "--stage2-steps", "3", "--finetune-steps", "3", "--finetune-seeds", "2", "--adapt-steps", "2",
+        "--episodes", "2", "--max-eval-steps", "30"]
 
 
 @pytest.mark.slow
@@ -38,6 +39,10 @@ def test_minatar_suite_plumbing(tmp_path):
     for arm in ("pretrained", "scratch"):
         assert s["transfer"][arm]["per_seed"]["seeds"] == 2
     assert (out / "finetune" / "scratch-1" / "summary.json").is_file()
+    # both arms fine-tune on tokens of the tokenizer adapted to the held-out game, which starts from the pretraining one
+    assert s["transfer"]["tokenizer"] == str(out / "tokenizer-heldout") and s["adapt_steps"] == 2
+    held_attrs = existing_tokens_attrs(out / "data-heldout" / f"{HELD_OUT}.zarr")
+    assert str((out / "tokenizer-heldout").resolve()) in held_attrs["tokenizer_path"], held_attrs["tokenizer_path"]
     rows = (out / "report" / "aggregates.csv").read_text()
     for method in ("JOWA-tiny-multigame-greedy", "JOWA-tiny-multigame-plan", "JOWA-tiny fine-tuned (pretrained)",
                    "JOWA-tiny fine-tuned (scratch)", "data (mixture)"):
