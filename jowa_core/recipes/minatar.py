@@ -249,7 +249,8 @@ def _transfer(out: Path, tok: Path, seed: int, steps: int, seeds: int, adapt_ste
     adapt = from_dict(TokenizerTrainConfig, {**TOKENIZER, **TOKENIZER_ADAPT, "steps": adapt_steps, "init": str(tok),
                                              "seed": seed})
     train_tokenizer(adapt, out / "data-heldout", held_tok, resume=held_tok.exists(), reporter=reporter)
-    tokenize_stores(out / "data-heldout", held_tok, batch_size=512, device="cpu", reporter=reporter)
+    # overwrite: tokens of a folder made before the adaptation (or by an interrupted one) are re-encoded (seconds)
+    tokenize_stores(out / "data-heldout", held_tok, batch_size=512, device="cpu", overwrite=True, reporter=reporter)
     fidelity = _fidelity(held_tok, [out / "data-heldout" / f"{HELD_OUT}.zarr"], FIDELITY_FRAMES)[HELD_OUT]
     reporter.log(f"[finetune] occupied cells read back by the adapted tokenizer: {HELD_OUT} {fidelity['objects']:.2f}")
     timings["tokenizer_adapt_s"] = time.perf_counter() - t0
