@@ -43,6 +43,12 @@ def test_minatar_suite_plumbing(tmp_path):
     assert s["transfer"]["tokenizer"] == str(out / "tokenizer-heldout") and s["adapt_steps"] == 2
     held_attrs = existing_tokens_attrs(out / "data-heldout" / f"{HELD_OUT}.zarr")
     assert str((out / "tokenizer-heldout").resolve()) in held_attrs["tokenizer_path"], held_attrs["tokenizer_path"]
+    # a finished fine-tuning run made on other tokens (a folder from before the adaptation) is an error, not reused
+    summary = out / "finetune" / "scratch-1" / "summary.json"
+    done = json.loads(summary.read_text())
+    summary.write_text(json.dumps({**done, "tokenizer": {**done["tokenizer"], "source": str(out / "tokenizer")}}))
+    res = CliRunner().invoke(app, ["learning-check", "--suite", "minatar", "--out", str(out), "--quiet", *TINY])
+    assert res.exit_code == 2 and "not of the adapted tokenizer" in res.output, res.output
     rows = (out / "report" / "aggregates.csv").read_text()
     for method in ("JOWA-tiny-multigame-greedy", "JOWA-tiny-multigame-plan", "JOWA-tiny fine-tuned (pretrained)",
                    "JOWA-tiny fine-tuned (scratch)", "data (mixture)"):

@@ -263,7 +263,9 @@ def _transfer(out: Path, tok: Path, seed: int, steps: int, seeds: int, adapt_ste
             run = out / "finetune" / f"{arm}-{s}"
             reporter.log(f"[finetune] {HELD_OUT}, {arm}, seed {s}: {steps} steps")
             cfg = from_dict(FinetuneConfig, {**FINETUNE, "stage1_steps": steps, "from_scratch": scratch, "seed": s})
-            if not (run / "summary.json").is_file():
+            if (run / "summary.json").is_file():
+                _check_tokenizer(run, held_tok)
+            else:
                 finetune(cfg, out / "pretrain", held_tok, HELD_OUT, out / "data-heldout", run,
                          resume=run.exists(), reporter=reporter)
             res = _eval(run / "final", held_tok, [HELD_OUT], AgentSettings(plan=False), episodes,
@@ -282,6 +284,15 @@ def _transfer(out: Path, tok: Path, seed: int, steps: int, seeds: int, adapt_ste
     diff = np.subtract(arms["pretrained"]["per_seed"]["values"], arms["scratch"]["per_seed"]["values"])
     return {"game": HELD_OUT, "tokenizer": str(held_tok), "tokenizer_fidelity": fidelity, **arms,
             "pretrained_minus_scratch": _seed_ci(diff.tolist())}
+
+
+def _check_tokenizer(run: Path, tok: Path) -> None:
+    """A ValueError unless the finished fine-tuning ``run`` used the tokenizer ``tok`` (a run of a folder made
+    before the tokenizer adaptation used the pretraining one)."""
+    used = json.loads((run / "summary.json").read_text()).get("tokenizer", {}).get("source")
+    if used != str(tok):
+        raise ValueError(f"{run} was fine-tuned on the tokens of {used}, not of the adapted tokenizer {tok} (a run "
+                         "from before the tokenizer adaptation); use a new --out")
 
 
 def _summary(out: Path, seed: int, data: list, held: list, pretrained: dict[str, Any], transfer: dict[str, Any],
