@@ -10,8 +10,8 @@
 Data (``jowa collect`` format, MinAtar's sticky actions 0.1 as evaluated): a DQN-Replay-like mixture of policies of
 mixed quality for every game, like the runs of a DQN agent that improves: equal shares of the steps from each of
 ``DATA_POLICIES`` (run k plays the k-th), the uniform random policy and the emulator-lookahead policy with a falling
-epsilon (``lookahead:EPS``; ``MinAtarEnv.lookahead_action``). The
-tokenizer is trained on the four pretraining games only. Before fine-tuning it is adapted to the held-out game on the
+epsilon (``lookahead:EPS``; ``MinAtarEnv.lookahead_action``). The tokenizer is trained on the four pretraining games
+only. Before fine-tuning it is adapted to the held-out game on the
 fine-tuning transitions' frames (``TOKENIZER_ADAPT``; the paper trains the tokenizer throughout fine-tuning, which is
 ~12x slower here) and then frozen; both fine-tuning arms use the adapted tokenizer, so they differ only in the
 world-action model's initialisation. Every setting is a constant below;
@@ -240,8 +240,8 @@ def run_minatar_suite(out: str | Path, seed: int = 0, transitions: int = TRANSIT
 def _transfer(out: Path, tok: Path, seed: int, steps: int, seeds: int, adapt_steps: int, episodes: int,
               max_eval_steps: int, reporter: Reporter, timings: dict[str, float]) -> dict[str, Any]:
     """Adapt the tokenizer ``tok`` to the held-out game (``TOKENIZER_ADAPT``, ``adapt_steps`` steps) and tokenise
-    its store; fine-tune the
-    pretrained model and a from-scratch one on it, ``seeds`` seeds each; greedy evaluation of each final model.
+    its store; fine-tune the pretrained model and a from-scratch one on it, ``seeds`` seeds each; greedy evaluation
+    of each final model.
     Writes ``out/finetune.csv`` (every episode, seeds pooled, per arm)."""
     t0 = time.perf_counter()
     reporter.log(f"[finetune] adapting the tokenizer to {HELD_OUT}: {adapt_steps} steps")
