@@ -11,10 +11,10 @@ Data (``jowa collect`` format, MinAtar's sticky actions 0.1 as evaluated): a DQN
 mixed quality for every game, like the runs of a DQN agent that improves: equal shares of the steps from each of
 ``DATA_POLICIES`` (run k plays the k-th), the uniform random policy and the emulator-lookahead policy with a falling
 epsilon (``lookahead:EPS``; ``MinAtarEnv.lookahead_action``). The tokenizer is trained on the four pretraining games
-only. Before fine-tuning it is adapted to the held-out game on the
-fine-tuning transitions' frames (``TOKENIZER_ADAPT``; the paper trains the tokenizer throughout fine-tuning, which is
-~12x slower here) and then frozen; both fine-tuning arms use the adapted tokenizer, so they differ only in the
-world-action model's initialisation. Every setting is a constant below;
+only. Before fine-tuning it is adapted to the held-out game on the fine-tuning transitions' frames
+(``TOKENIZER_ADAPT``; the paper trains the tokenizer throughout fine-tuning, which is ~12x slower here) and then
+frozen; both fine-tuning arms use the adapted tokenizer, so they differ only in the world-action model's
+initialisation. Every setting is a constant below;
 ``docs/results.md`` has the numbers.
 """
 
